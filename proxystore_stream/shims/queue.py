@@ -1,0 +1,234 @@
+"""Shim over `queue.Queue` and `multiprocessing.Queue` (no broker needed).
+
+| property | behaviour |
+| --- | --- |
+| semantics | work queue: each message goes to one subscriber of its queue |
+| persistence | in memory, for the life of the queue |
+| ordering | FIFO per queue |
+| no subscriber | messages wait in the queue (up to its `maxsize`) |
+| acknowledgement | none; a message is gone once received |
+| max message size | memory (multiprocessing: the pipe's pickled bytes) |
+
+The publisher maps each topic to one queue; a subscriber reads one queue.
+A `multiprocessing.Queue` works across processes (pass it to the child).
+
+Example:
+    ```python
+    q = multiprocessing.Queue()
+    publisher = QueuePublisher({"frames": q})
+    subscriber = QueueSubscriber(q)
+    ```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing.queues
+import queue as queue_module
+import time
+from collections.abc import AsyncIterator
+from collections.abc import Iterator
+from collections.abc import Mapping
+from typing import Any
+from typing import TypeAlias
+
+from proxystore_stream._offload import SLICE_SECONDS
+from proxystore_stream._offload import OffloadedReceive
+from proxystore_stream.exceptions import BufferFullError
+from proxystore_stream.exceptions import StreamTimeoutError
+from proxystore_stream.exceptions import SubscriberClosedError
+
+__all__ = [
+    "AsyncQueuePublisher",
+    "AsyncQueueSubscriber",
+    "QueuePublisher",
+    "QueueSubscriber",
+]
+
+AnyQueue: TypeAlias = "queue_module.Queue[Any] | multiprocessing.queues.Queue[Any]"
+
+
+def _queue_for(queues: Mapping[str, AnyQueue], topic: str) -> AnyQueue:
+    try:
+        return queues[topic]
+    except KeyError:
+        raise ValueError(
+            f"No queue for topic {topic!r}; this publisher has queues for "
+            f"{sorted(queues)}.",
+        ) from None
+
+
+def _check_queues(queues: Mapping[str, AnyQueue]) -> Mapping[str, AnyQueue]:
+    # Kept by reference, so topics added to the caller's mapping later work.
+    if not isinstance(queues, Mapping):
+        raise TypeError(
+            f"queues must map topic names to queues, not {type(queues).__name__}",
+        )
+    return queues
+
+
+class QueuePublisher:
+    """Publisher over queues, one queue per topic.
+
+    Args:
+        queues: Mapping of topic name to the queue its messages go to.
+        block: Wait for room when a bounded queue is full.
+        timeout: Seconds to wait for room at most (None: forever).
+    """
+
+    def __init__(
+        self,
+        queues: Mapping[str, AnyQueue],
+        *,
+        block: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        self._queues = _check_queues(queues)
+        self._block = block
+        self._timeout = timeout
+
+    def send(self, topic: str, message: bytes) -> None:
+        """Put a message on the topic's queue.
+
+        Raises:
+            ValueError: If the topic has no queue.
+            BufferFullError: If the queue stayed full (or `block` is False).
+        """
+        try:
+            _queue_for(self._queues, topic).put(
+                message,
+                block=self._block,
+                timeout=self._timeout,
+            )
+        except queue_module.Full:
+            raise BufferFullError(f"Queue of topic {topic!r} is full") from None
+
+    def close(self) -> None:
+        """Close this publisher (the queues stay usable by others)."""
+
+
+class QueueSubscriber:
+    """Subscriber reading messages from one queue.
+
+    Args:
+        queue: The queue to read.
+        block: Wait for a message when the queue is empty.
+        timeout: Seconds iteration waits for a message at most (None:
+            forever); expiry raises `StreamTimeoutError`.
+    """
+
+    def __init__(
+        self,
+        queue: AnyQueue,
+        *,
+        block: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        self._queue = queue
+        self._block = block
+        self._timeout = timeout
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield messages until the subscriber is closed."""
+        while True:
+            try:
+                yield self.receive(self._timeout if self._block else 0)
+            except SubscriberClosedError:
+                return
+
+    def receive(self, timeout: float | None = None) -> bytes:
+        """Return the next message, waiting `timeout` seconds at most.
+
+        Raises:
+            StreamTimeoutError: If no message arrived in time.
+            SubscriberClosedError: If the subscriber is closed.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._closed:
+            wait = SLICE_SECONDS
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+            try:
+                if wait <= 0:
+                    return self._queue.get_nowait()  # type: ignore[no-any-return]
+                return self._queue.get(timeout=wait)  # type: ignore[no-any-return]
+            except queue_module.Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise StreamTimeoutError(
+                        f"No message within {timeout} s",
+                    ) from None
+        raise SubscriberClosedError("QueueSubscriber is closed")
+
+    def close(self) -> None:
+        """Close this subscriber; a blocked receive ends within 0.1 s."""
+        self._closed = True
+
+
+class AsyncQueuePublisher:
+    """Async twin of `QueuePublisher`.
+
+    A put that must wait for room runs in a worker thread.
+    """
+
+    def __init__(
+        self,
+        queues: Mapping[str, AnyQueue],
+        *,
+        block: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        self._sync = QueuePublisher(queues, block=block, timeout=timeout)
+        self._queues = self._sync._queues
+
+    async def send(self, topic: str, message: bytes) -> None:
+        """Put a message on the topic's queue (see `QueuePublisher.send`)."""
+        try:
+            _queue_for(self._queues, topic).put_nowait(message)
+        except queue_module.Full:
+            await asyncio.to_thread(self._sync.send, topic, message)
+
+    async def close(self) -> None:
+        """Close this publisher."""
+
+
+class AsyncQueueSubscriber:
+    """Async twin of `QueueSubscriber`.
+
+    A ready message is taken without leaving the event loop; waiting for one
+    happens in a worker thread (the queues have no async API).
+    """
+
+    def __init__(
+        self,
+        queue: AnyQueue,
+        *,
+        block: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        self._sync = QueueSubscriber(queue, block=block, timeout=timeout)
+        self._offloaded: OffloadedReceive[bytes] = OffloadedReceive(self._sync.receive)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        """Yield messages until the subscriber is closed."""
+        timeout = self._sync._timeout if self._sync._block else 0
+        while True:
+            try:
+                yield await self.receive(timeout)
+            except SubscriberClosedError:
+                return
+
+    async def receive(self, timeout: float | None = None) -> bytes:
+        """Return the next message (see `QueueSubscriber.receive`)."""
+        if self._sync._closed:
+            raise SubscriberClosedError("AsyncQueueSubscriber is closed")
+        if not self._offloaded.busy:
+            try:
+                return self._sync._queue.get_nowait()  # type: ignore[no-any-return]
+            except queue_module.Empty:
+                pass
+        return await self._offloaded(timeout)
+
+    async def close(self) -> None:
+        """Close this subscriber."""
+        self._sync.close()

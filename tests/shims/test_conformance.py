@@ -1,0 +1,216 @@
+"""The conformance suite: every shim, sync and async, passes the same tests."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from proxystore_stream.exceptions import BrokerConnectionError
+from proxystore_stream.exceptions import StreamTimeoutError
+from proxystore_stream.exceptions import SubscriberClosedError
+from tests.shims.cases import ShimCase
+from tests.shims.cases import ShimFactory
+from tests.shims.drivers import AsyncDriver
+from tests.shims.drivers import Driver
+from tests.shims.drivers import SyncDriver
+
+SIZES = [1, 100, 10 * 1024, 1024 * 1024, 10 * 1024 * 1024]
+RECEIVE_TIMEOUT = 15.0
+
+
+@pytest.fixture(params=["sync", "async"])
+def driver(
+    request: pytest.FixtureRequest,
+    case: ShimCase,
+    factory: ShimFactory,
+) -> Iterator[Driver]:
+    if request.param == "async" and not case.has_async:
+        pytest.skip(f"{case.name} has no async twin yet")
+    made: Driver = SyncDriver(factory) if request.param == "sync" else AsyncDriver(factory)
+    try:
+        yield made
+    finally:
+        made.shutdown()
+
+
+def topic_name() -> str:
+    return f"pss-test-{uuid.uuid4().hex[:12]}"
+
+
+def payload(i: int, size: int) -> bytes:
+    head = i.to_bytes(4, "big")
+    return (head * (size // 4 + 1))[:size] if size >= 4 else head[-size:]
+
+
+def receive_n(driver: Driver, sub: object, n: int) -> list[bytes]:
+    return [driver.receive(sub, RECEIVE_TIMEOUT) for _ in range(n)]
+
+
+def test_round_trip_sizes_in_order(driver: Driver) -> None:
+    topic = topic_name()
+    pub = driver.publisher()
+    sub = driver.subscriber([topic])
+    sent = [payload(i, size) for i, size in enumerate(SIZES)]
+    for message in sent:
+        driver.send(pub, topic, message)
+    driver.flush(pub)
+    received = receive_n(driver, sub, len(sent))
+    assert [len(m) for m in received] == SIZES
+    assert received == sent
+
+
+def test_many_messages_arrive_in_order(driver: Driver) -> None:
+    topic = topic_name()
+    pub = driver.publisher()
+    sub = driver.subscriber([topic])
+    sent = [b"m%06d" % i for i in range(3000)]
+    for message in sent:
+        driver.send(pub, topic, message)
+    driver.flush(pub)
+    assert receive_n(driver, sub, len(sent)) == sent
+
+
+def test_subscriber_gets_only_its_topics(case: ShimCase, driver: Driver) -> None:
+    base = topic_name()
+    # "base" must not match "base-longer" even where the broker matches prefixes.
+    mine, other = base, base + "-longer"
+    pub = driver.publisher()
+    sub = driver.subscriber([mine])
+    driver.send(pub, other, b"not for me")
+    driver.send(pub, mine, b"for me 1")
+    driver.send(pub, other, b"not for me either")
+    driver.send(pub, mine, b"for me 2")
+    driver.flush(pub)
+    assert receive_n(driver, sub, 2) == [b"for me 1", b"for me 2"]
+    with pytest.raises(StreamTimeoutError):
+        driver.receive(sub, 0.5)
+
+
+def test_one_subscriber_several_topics(case: ShimCase, driver: Driver) -> None:
+    if not case.multi_topic:
+        pytest.skip(f"{case.name} subscribers read one topic")
+    first, second = topic_name(), topic_name()
+    pub = driver.publisher()
+    sub = driver.subscriber([first, second])
+    sent = {b"a%d" % i for i in range(10)} | {b"b%d" % i for i in range(10)}
+    for i in range(10):
+        driver.send(pub, first, b"a%d" % i)
+        driver.send(pub, second, b"b%d" % i)
+    driver.flush(pub)
+    received = receive_n(driver, sub, 20)
+    assert set(received) == sent
+    # Order holds within each topic.
+    assert [m for m in received if m.startswith(b"a")] == [b"a%d" % i for i in range(10)]
+
+
+def test_fanout_or_work_queue_semantics(case: ShimCase, driver: Driver) -> None:
+    topic = topic_name()
+    pub = driver.publisher()
+    subs = [driver.subscriber([topic]), driver.subscriber([topic])]
+    sent = [b"w%04d" % i for i in range(200)]
+    for message in sent:
+        driver.send(pub, topic, message)
+    driver.flush(pub)
+    if case.fanout:
+        for sub in subs:
+            assert receive_n(driver, sub, len(sent)) == sent
+        return
+    received: list[bytes] = []
+    deadline = time.monotonic() + 60
+    while len(received) < len(sent) and time.monotonic() < deadline:
+        for sub in subs:
+            try:
+                received.append(driver.receive(sub, 0.05))
+                driver.ack(sub)
+            except StreamTimeoutError:
+                pass
+    assert sorted(received) == sent, "each message must go to exactly one subscriber"
+
+
+def test_persistence_while_no_subscriber(case: ShimCase, driver: Driver) -> None:
+    if not case.persistent:
+        pytest.skip(f"{case.name} does not keep messages for absent subscribers")
+    topic = topic_name()
+    pub = driver.publisher()
+    sent = [b"early-%d" % i for i in range(5)]
+    for message in sent:
+        driver.send(pub, topic, message)
+    driver.flush(pub)
+    sub = driver.subscriber([topic])
+    assert receive_n(driver, sub, len(sent)) == sent
+
+
+def test_receive_times_out(driver: Driver) -> None:
+    sub = driver.subscriber([topic_name()])
+    start = time.monotonic()
+    with pytest.raises(StreamTimeoutError):
+        driver.receive(sub, 0.3)
+    assert time.monotonic() - start < 10
+
+
+def test_close_is_idempotent_and_ends_iteration(driver: Driver) -> None:
+    topic = topic_name()
+    pub = driver.publisher()
+    sub = driver.subscriber([topic])
+    driver.close(sub)
+    driver.close(sub)
+    driver.close(pub)
+    driver.close(pub)
+    with pytest.raises(SubscriberClosedError):
+        driver.receive(sub, 1.0)
+    assert driver.iterate(sub) == []
+
+
+def test_close_from_another_thread_ends_blocked_iteration(factory: ShimFactory) -> None:
+    factory.publisher()
+    sub = factory.subscriber([topic_name()])
+    received: list[bytes] = []
+    done = threading.Event()
+
+    def consume() -> None:
+        received.extend(sub)
+        done.set()
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    time.sleep(0.2)  # let the consumer block in its receive
+    sub.close()
+    assert done.wait(10), "iteration did not end after close()"
+    assert received == []
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_close_releases_sockets(driver: Driver) -> None:
+    # Warm up: client libraries open some process-wide resources once.
+    topic = topic_name()
+    for _ in range(2):
+        driver.close(driver.subscriber([topic]))
+        driver.close(driver.publisher())
+    before = _open_fds()
+    for _ in range(5):
+        pub = driver.publisher()
+        sub = driver.subscriber([topic])
+        driver.close(sub)
+        driver.close(pub)
+    assert _open_fds() - before < 5
+
+
+def test_unreachable_broker_raises_connection_error(case: ShimCase) -> None:
+    if case.unreachable_publisher is None and case.unreachable_subscriber is None:
+        pytest.skip(f"{case.name} has no broker to be unreachable")
+    for attempt in (case.unreachable_publisher, case.unreachable_subscriber):
+        if attempt is None:
+            continue
+        start = time.monotonic()
+        with pytest.raises(BrokerConnectionError) as info:
+            attempt()
+        assert isinstance(info.value, ConnectionError)
+        assert time.monotonic() - start < 30
