@@ -28,6 +28,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from typing import Any
+from typing import NoReturn
 
 __all__ = [
     "BrokerConnectionError",
@@ -181,7 +182,7 @@ class MissingDependencyError(StreamError, ImportError):
         )
 
 
-def require(module: str, package: str, extra: str, error: ImportError) -> None:
+def require(module: str, package: str, extra: str, error: ImportError) -> NoReturn:
     """Re-raise an ImportError of an optional dependency as MissingDependencyError.
 
     An ImportError of any other module (a broken install) is re-raised
