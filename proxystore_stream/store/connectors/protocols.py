@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Buffer
 from collections.abc import Sequence
 from typing import Any
 from typing import Protocol
 from typing import Self
 from typing import runtime_checkable
+
+from proxystore_stream._types import Buffer
 
 __all__ = ["Connector", "Frames", "Key"]
 

@@ -1,0 +1,198 @@
+"""What a consumer decides, with no I/O: decode, filter, track end of stream.
+
+The facades (`StreamConsumer`, `AsyncStreamConsumer`) drive it like this::
+
+    while True:
+        step = state.next_step()
+        if step is NEED_MESSAGE:
+            state.receive(subscriber.receive(timeout))   # the only blocking call
+        elif step is STREAM_END:
+            stop iteration
+        elif isinstance(step, Discard):
+            evict step.key from the store of step.store
+        else:
+            hand step (InlineObject or StoredObject) to the user
+
+End of stream: a topic ends when every producer seen on it has sent its end
+of stream (and at least `producers` of them, if given). The stream ends when
+every topic of the consumer has ended: the topics given, or else every topic
+seen so far.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+from proxystore_stream._core.envelope import decode_batch
+from proxystore_stream.events import EndOfStreamEvent
+from proxystore_stream.events import EventBatch
+from proxystore_stream.events import NewObjectEvent
+from proxystore_stream.events import NewObjectKeyEvent
+from proxystore_stream.events import StoreConfig
+from proxystore_stream.protocols import Filter
+
+
+class _Sentinel:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+NEED_MESSAGE = _Sentinel("NEED_MESSAGE")
+"""Receive the next message and pass it to `receive()`, then ask again."""
+
+STREAM_END = _Sentinel("STREAM_END")
+"""Every topic of the consumer has ended."""
+
+
+@dataclass(frozen=True, slots=True)
+class InlineObject:
+    """Hand over an object that travelled in the message."""
+
+    topic: str
+    data: bytes
+    serializer: str
+    metadata: dict[str, Any]
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """Hand over an object kept in a store (usually as a lazy proxy)."""
+
+    topic: str
+    key: str
+    store: StoreConfig
+    evict: bool
+    metadata: dict[str, Any]
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Discard:
+    """A filtered-out stored object the producer wanted evicted: evict it."""
+
+    key: str
+    store: StoreConfig
+
+
+Step = InlineObject | StoredObject | Discard | _Sentinel
+
+
+@dataclass(slots=True)
+class _TopicProgress:
+    writers: set[str] = field(default_factory=set)
+    closed: set[str] = field(default_factory=set)
+
+
+class ConsumerState:
+    """Consumer logic with no I/O.
+
+    Args:
+        filter_: Drops events whose metadata it returns True for.
+        topics: The topics whose end the stream waits for (default: every
+            topic seen).
+        producers: How many producers must close each topic before it ends
+            (default: every producer seen on it).
+        signing_key: If given, only messages signed with it are accepted.
+    """
+
+    def __init__(
+        self,
+        *,
+        filter_: Filter | None = None,
+        topics: Iterable[str] | None = None,
+        producers: int | None = None,
+        signing_key: bytes | None = None,
+    ) -> None:
+        if filter_ is not None and not callable(filter_):
+            raise TypeError("filter_ must be callable: metadata -> bool (True drops)")
+        if producers is not None and (type(producers) is not int or producers < 1):
+            raise ValueError(f"producers must be None or an int >= 1, got {producers!r}")
+        self._filter = filter_
+        self._expected_topics = None if topics is None else frozenset(topics)
+        self._producers = producers
+        self._signing_key = signing_key
+        self._pending: deque[tuple[EventBatch, int]] = deque()
+        self._progress: dict[str, _TopicProgress] = {}
+        self._ended = False
+
+    @property
+    def ended(self) -> bool:
+        """Whether the stream has ended."""
+        return self._ended
+
+    def receive(self, message: bytes, *, topic: str | None = None) -> None:
+        """Take in one message from the subscriber.
+
+        Args:
+            message: The bytes received.
+            topic: Where the message came from, if known (for errors).
+
+        Raises:
+            MalformedMessageError: If the bytes are not a valid envelope
+                (the state is unchanged; the next message can follow).
+        """
+        batch = decode_batch(message, topic=topic, signing_key=self._signing_key)
+        progress = self._progress.get(batch.topic)
+        if progress is None:
+            progress = self._progress[batch.topic] = _TopicProgress()
+        progress.writers.add(batch.producer_id)
+        for index in range(len(batch.events)):
+            self._pending.append((batch, index))
+
+    def next_step(self) -> Step:
+        """Return what the facade should do next."""
+        while self._pending:
+            batch, index = self._pending.popleft()
+            event = batch.events[index]
+            if type(event) is EndOfStreamEvent:
+                self._progress[batch.topic].closed.add(batch.producer_id)
+                if self._all_ended():
+                    self._ended = True
+                    self._pending.clear()
+                    return STREAM_END
+                continue
+            assert isinstance(event, NewObjectEvent | NewObjectKeyEvent)
+            if self._filter is not None and self._filter(event.metadata):
+                if isinstance(event, NewObjectKeyEvent) and event.evict:
+                    return Discard(event.key, event.store)
+                continue
+            event_id = f"{batch.producer_id}:{batch.seq}:{index}"
+            if isinstance(event, NewObjectEvent):
+                return InlineObject(
+                    batch.topic,
+                    event.data,
+                    batch.serializer,
+                    event.metadata,
+                    event_id,
+                )
+            return StoredObject(
+                batch.topic,
+                event.key,
+                event.store,
+                event.evict,
+                event.metadata,
+                event_id,
+            )
+        return STREAM_END if self._ended else NEED_MESSAGE
+
+    def _topic_ended(self, progress: _TopicProgress) -> bool:
+        if not progress.closed >= progress.writers:
+            return False
+        return self._producers is None or len(progress.closed) >= self._producers
+
+    def _all_ended(self) -> bool:
+        if self._expected_topics is not None:
+            topics = self._expected_topics
+            if not topics <= self._progress.keys():
+                return False
+        else:
+            topics = frozenset(self._progress)
+        return all(self._topic_ended(self._progress[topic]) for topic in topics)

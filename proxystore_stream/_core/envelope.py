@@ -1,0 +1,204 @@
+"""The wire format of an event batch: msgpack in a small versioned frame.
+
+Layout::
+
+    b"PSS" version(1 byte) [HMAC-SHA256 (32 bytes), version 2 only] body
+
+`body` is a msgpack array ``[topic, producer_id, seq, serializer, stores,
+events]``. `stores` lists each distinct store config once as ``[name, kind,
+options, serializer]``; key events refer to it by index, so a batch of many
+keys does not repeat the config. Events are arrays tagged by their first
+element: ``[0, data, metadata]`` (inline), ``[1, key, store_index, evict,
+metadata]`` (by key), ``[2]`` (end of stream).
+
+Nothing here unpickles or imports: decoding untrusted bytes yields plain
+data or `MalformedMessageError`. Signed envelopes are verified before the
+body is even unpacked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+import msgpack
+
+from proxystore_stream.events import EndOfStreamEvent
+from proxystore_stream.events import Event
+from proxystore_stream.events import EventBatch
+from proxystore_stream.events import NewObjectEvent
+from proxystore_stream.events import NewObjectKeyEvent
+from proxystore_stream.events import StoreConfig
+from proxystore_stream.exceptions import MalformedMessageError
+from proxystore_stream.exceptions import MessageAuthenticationError
+
+MAGIC = b"PSS"
+UNSIGNED = 1
+SIGNED = 2
+_DIGEST_SIZE = 32
+_HEADER = len(MAGIC) + 1
+
+_INLINE = 0
+_KEY = 1
+_END = 2
+
+
+def _sign(key: bytes, body: bytes | memoryview) -> bytes:
+    return hmac.digest(key, body, hashlib.sha256)
+
+
+def encode_batch(batch: EventBatch, *, signing_key: bytes | None = None) -> bytes:
+    """Encode a batch as bytes for a broker.
+
+    Args:
+        batch: The batch to encode.
+        signing_key: If given, the envelope carries an HMAC-SHA256 of its body.
+
+    Raises:
+        TypeError: If event metadata holds values msgpack cannot encode.
+    """
+    stores: list[list[Any]] = []
+    store_index: dict[int, int] = {}
+    events: list[list[Any]] = []
+    for event in batch.events:
+        if type(event) is NewObjectEvent:
+            events.append([_INLINE, event.data, event.metadata])
+        elif type(event) is NewObjectKeyEvent:
+            config = event.store
+            index = store_index.get(id(config))
+            if index is None:
+                index = store_index[id(config)] = len(stores)
+                stores.append(
+                    [config.name, config.kind, config.options, config.serializer],
+                )
+            events.append([_KEY, event.key, index, event.evict, event.metadata])
+        else:
+            events.append([_END])
+    try:
+        body = msgpack.packb(
+            [batch.topic, batch.producer_id, batch.seq, batch.serializer, stores, events],
+            use_bin_type=True,
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(
+            "Event metadata must be plain data (str keys; None, bool, int, "
+            f"float, str, bytes, list, dict values): {exc}",
+        ) from exc
+    assert isinstance(body, bytes)
+    if signing_key is None:
+        return b"PSS\x01" + body
+    return b"PSS\x02" + _sign(signing_key, body) + body
+
+
+def decode_batch(
+    data: bytes,
+    *,
+    topic: str | None = None,
+    signing_key: bytes | None = None,
+) -> EventBatch:
+    """Decode bytes from a broker into a batch.
+
+    Args:
+        data: The message.
+        topic: Where the message came from, for error messages.
+        signing_key: If given, only envelopes signed with this key are accepted.
+
+    Raises:
+        MessageAuthenticationError: If `signing_key` is given and the message
+            is unsigned or its signature does not match.
+        MalformedMessageError: If the bytes are not a valid envelope.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedMessageError(
+            f"expected bytes, got {type(data).__name__}",
+            topic=topic,
+        )
+    view = memoryview(data)
+    if view.nbytes < _HEADER or view[:3] != MAGIC:
+        raise MalformedMessageError("not a proxystore-stream envelope", topic=topic)
+    version = view[3]
+    if version == SIGNED:
+        if view.nbytes < _HEADER + _DIGEST_SIZE:
+            raise MalformedMessageError("truncated signature", topic=topic)
+        body = view[_HEADER + _DIGEST_SIZE :]
+        if signing_key is not None:
+            signature = view[_HEADER : _HEADER + _DIGEST_SIZE]
+            if not hmac.compare_digest(signature, _sign(signing_key, body)):
+                raise MessageAuthenticationError(
+                    "signature does not match (tampered, or signed with another key)",
+                    topic=topic,
+                )
+    elif version == UNSIGNED:
+        if signing_key is not None:
+            raise MessageAuthenticationError(
+                "message is unsigned but this consumer requires signatures",
+                topic=topic,
+            )
+        body = view[_HEADER:]
+    else:
+        raise MalformedMessageError(
+            f"unsupported envelope version {version}",
+            topic=topic,
+        )
+    try:
+        fields = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
+        return _batch_from_fields(fields)
+    except MalformedMessageError as exc:
+        raise MalformedMessageError(exc.reason, topic=topic) from None
+    except Exception as exc:
+        raise MalformedMessageError(f"invalid body: {exc!r}", topic=topic) from exc
+
+
+def _expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise MalformedMessageError(what)
+
+
+def _metadata(value: Any) -> dict[str, Any]:
+    _expect(type(value) is dict, "metadata is not a map")
+    _expect(all(type(k) is str for k in value), "metadata keys must be strings")
+    return value  # type: ignore[no-any-return]
+
+
+def _batch_from_fields(fields: Any) -> EventBatch:
+    _expect(type(fields) is list and len(fields) == 6, "body is not a 6-item array")
+    topic, producer_id, seq, serializer, raw_stores, raw_events = fields
+    _expect(type(topic) is str, "topic is not a string")
+    _expect(type(producer_id) is str, "producer id is not a string")
+    _expect(type(seq) is int and seq >= 0, "sequence number is not a natural number")
+    _expect(type(serializer) is str, "serializer is not a string")
+    _expect(type(raw_stores) is list, "stores is not an array")
+    _expect(type(raw_events) is list, "events is not an array")
+    stores = [_store_from_fields(store) for store in raw_stores]
+    events: list[Event] = []
+    for raw in raw_events:
+        _expect(type(raw) is list and len(raw) > 0, "event is not a tagged array")
+        tag = raw[0]
+        if tag == _INLINE and len(raw) == 3:
+            _expect(type(raw[1]) is bytes, "inline object is not binary")
+            events.append(NewObjectEvent(raw[1], _metadata(raw[2])))
+        elif tag == _KEY and len(raw) == 5:
+            _, key, index, evict, metadata = raw
+            _expect(type(key) is str, "store key is not a string")
+            _expect(
+                type(index) is int and 0 <= index < len(stores),
+                "store index out of range",
+            )
+            _expect(type(evict) is bool, "evict flag is not a boolean")
+            events.append(NewObjectKeyEvent(key, stores[index], evict, _metadata(metadata)))
+        elif tag == _END and len(raw) == 1:
+            events.append(EndOfStreamEvent())
+        else:
+            raise MalformedMessageError(f"unknown event {str(raw)[:40]}")
+    return EventBatch(topic, tuple(events), producer_id, seq, serializer)
+
+
+def _store_from_fields(fields: Any) -> StoreConfig:
+    _expect(type(fields) is list and len(fields) == 4, "store config is not a 4-item array")
+    name, kind, options, serializer = fields
+    _expect(type(name) is str, "store name is not a string")
+    _expect(type(kind) is str, "store kind is not a string")
+    _expect(type(options) is dict, "store options are not a map")
+    _expect(type(serializer) is str, "store serializer is not a string")
+    return StoreConfig(name, kind, options, serializer)

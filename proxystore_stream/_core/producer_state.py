@@ -1,0 +1,310 @@
+"""What a producer decides, with no I/O: filter, buffer, aggregate, encode.
+
+The facades (`StreamProducer`, `AsyncStreamProducer`) drive it like this::
+
+    ready = state.submit(topic, obj, evict=..., metadata=...)   # or flush/close_topic
+    if ready is not None:
+        prepared = state.prepare(ready)              # serialize, inline or store?
+        keys = store.put_batch(prepared.to_store)    # the facade's only store I/O
+        publisher.send(ready.topic, prepared.message(keys))
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+from typing import Generic
+from typing import Protocol
+from typing import TypeVar
+
+import msgpack
+
+from proxystore_stream._core.envelope import encode_batch
+from proxystore_stream._types import Buffer
+from proxystore_stream.events import EndOfStreamEvent
+from proxystore_stream.events import Event
+from proxystore_stream.events import EventBatch
+from proxystore_stream.events import NewObjectEvent
+from proxystore_stream.events import NewObjectKeyEvent
+from proxystore_stream.events import StoreConfig
+from proxystore_stream.exceptions import TopicClosedError
+from proxystore_stream.protocols import Filter
+from proxystore_stream.serialize import Serializer
+
+T = TypeVar("T")
+
+
+class StoreView(Protocol):
+    """The pure parts of a Store the core needs (no I/O)."""
+
+    @property
+    def serializer(self) -> Serializer:
+        """The store's serializer."""
+        ...
+
+    def config(self) -> StoreConfig:
+        """The store's config, as carried in key events."""
+        ...
+
+
+@dataclass(slots=True)
+class PendingObject(Generic[T]):
+    """An accepted object waiting in a topic buffer."""
+
+    obj: T
+    evict: bool
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyBatch(Generic[T]):
+    """Objects of one topic ready to go out, and whether the topic ends."""
+
+    topic: str
+    objects: list[PendingObject[T]]
+    end_of_stream: bool = False
+
+
+@dataclass(slots=True)
+class _Topic(Generic[T]):
+    buffer: list[PendingObject[T]] = field(default_factory=list)
+    closed: bool = False
+    end_sent: bool = False
+    seq: int = 0
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    """A serialized batch: frames for the store, then the message bytes."""
+
+    topic: str
+    to_store: list[list[Buffer]]
+    """Serialized objects for `store.put_batch`, in order (may be empty)."""
+    _events: list[Event | PendingObject[Any]]
+    _producer_id: str
+    _seq: int
+    _serializer: str
+    _store_config: StoreConfig | None
+    _signing_key: bytes | None
+
+    def message(self, keys: Sequence[str] = ()) -> bytes:
+        """Encode the batch, given the store keys of `to_store` in order.
+
+        Raises:
+            ValueError: If the number of keys does not match `to_store`.
+        """
+        if len(keys) != len(self.to_store):
+            raise ValueError(
+                f"expected {len(self.to_store)} store keys, got {len(keys)}",
+            )
+        key_iter: Iterator[str] = iter(keys)
+        events: list[Event] = []
+        for event in self._events:
+            if isinstance(event, PendingObject):
+                assert self._store_config is not None
+                events.append(
+                    NewObjectKeyEvent(
+                        next(key_iter),
+                        self._store_config,
+                        event.evict,
+                        event.metadata,
+                    ),
+                )
+            else:
+                events.append(event)
+        batch = EventBatch(
+            self.topic,
+            tuple(events),
+            self._producer_id,
+            self._seq,
+            self._serializer,
+        )
+        return encode_batch(batch, signing_key=self._signing_key)
+
+
+def _check_metadata(metadata: Any) -> None:
+    # Checked on accept, so a bad value fails the send() that passed it
+    # rather than a later flush that would lose the whole batch.
+    if type(metadata) is not dict or not all(type(k) is str for k in metadata):
+        raise TypeError("metadata must be a dict with str keys")
+    try:
+        msgpack.packb(metadata, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(
+            "metadata values must be plain data (None, bool, int, float, str, "
+            f"bytes, list, dict): {exc}",
+        ) from exc
+
+
+def _size(frames: list[Buffer]) -> int:
+    return sum(memoryview(frame).nbytes for frame in frames)
+
+
+class ProducerState(Generic[T]):
+    """Producer logic with no I/O.
+
+    Args:
+        serializer: Serializer of inline objects.
+        store_for: Returns the store of a topic, or None to send inline.
+        filter_: Drops objects whose metadata it returns True for, before
+            batching and aggregation.
+        aggregator: Combines a full batch into one object; its metadata is
+            the union of the batch's metadata.
+        batch_size: Objects per message (per aggregated object).
+        inline_threshold: Objects whose serialized size is below this many
+            bytes travel inline even when their topic has a store. None sends
+            every object of a store topic through the store.
+        signing_key: If given, messages are signed with HMAC-SHA256.
+        producer_id: Stable id of this producer (random by default).
+    """
+
+    def __init__(
+        self,
+        *,
+        serializer: Serializer,
+        store_for: Callable[[str], StoreView | None],
+        filter_: Filter | None = None,
+        aggregator: Callable[[list[T]], T] | None = None,
+        batch_size: int = 1,
+        inline_threshold: int | None = None,
+        signing_key: bytes | None = None,
+        producer_id: str | None = None,
+    ) -> None:
+        if type(batch_size) is not int or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if inline_threshold is not None and (
+            type(inline_threshold) is not int or inline_threshold < 0
+        ):
+            raise ValueError(
+                f"inline_threshold must be None or an int >= 0, got {inline_threshold!r}",
+            )
+        if filter_ is not None and not callable(filter_):
+            raise TypeError("filter_ must be callable: metadata -> bool (True drops)")
+        if aggregator is not None and not callable(aggregator):
+            raise TypeError("aggregator must be callable: list of objects -> object")
+        if signing_key is not None and not isinstance(signing_key, bytes):
+            raise TypeError("signing_key must be bytes")
+        self.producer_id = producer_id or uuid.uuid4().hex[:16]
+        self._serializer = serializer
+        self._store_for = store_for
+        self._filter = filter_
+        self._aggregator = aggregator
+        self._batch_size = batch_size
+        self._threshold = inline_threshold
+        self._signing_key = signing_key
+        self._topics: dict[str, _Topic[T]] = {}
+
+    def _topic(self, topic: str) -> _Topic[T]:
+        state = self._topics.get(topic)
+        if state is None:
+            if type(topic) is not str:
+                raise TypeError(f"topic must be a str, got {type(topic).__name__}")
+            state = self._topics[topic] = _Topic()
+        return state
+
+    def submit(
+        self,
+        topic: str,
+        obj: T,
+        *,
+        evict: bool = True,
+        metadata: dict[str, Any] | None = None,
+    ) -> ReadyBatch[T] | None:
+        """Accept an object; return a batch when the topic's buffer is full.
+
+        Raises:
+            TopicClosedError: If the topic was closed.
+            TypeError: If metadata is not a dict with str keys.
+        """
+        state = self._topic(topic)
+        if state.closed:
+            raise TopicClosedError(topic)
+        if metadata is None:
+            metadata = {}
+        elif type(metadata) is not dict or metadata:
+            _check_metadata(metadata)
+        if self._filter is not None and self._filter(metadata):
+            return None
+        state.buffer.append(PendingObject(obj, evict, metadata))
+        if len(state.buffer) >= self._batch_size:
+            return self._take(topic, state)
+        return None
+
+    def flush(self, topic: str) -> ReadyBatch[T] | None:
+        """Return the topic's buffered objects as a batch, if there are any."""
+        state = self._topics.get(topic)
+        if state is None or not state.buffer:
+            return None
+        return self._take(topic, state)
+
+    def flush_all(self) -> list[ReadyBatch[T]]:
+        """Return a batch for every topic with buffered objects."""
+        return [
+            self._take(topic, state)
+            for topic, state in self._topics.items()
+            if state.buffer
+        ]
+
+    def close_topic(self, topic: str) -> ReadyBatch[T] | None:
+        """Close a topic: its remaining objects plus end of stream, once."""
+        state = self._topic(topic)
+        state.closed = True
+        if state.end_sent:
+            return None
+        state.end_sent = True
+        batch = self._take(topic, state)
+        return ReadyBatch(topic, batch.objects, end_of_stream=True)
+
+    def _take(self, topic: str, state: _Topic[T]) -> ReadyBatch[T]:
+        objects, state.buffer = state.buffer, []
+        if self._aggregator is not None and len(objects) > 0:
+            metadata: dict[str, Any] = {}
+            for item in objects:
+                metadata.update(item.metadata)
+            objects = [
+                PendingObject(
+                    self._aggregator([item.obj for item in objects]),
+                    any(item.evict for item in objects),
+                    metadata,
+                ),
+            ]
+        return ReadyBatch(topic, objects)
+
+    def prepare(self, ready: ReadyBatch[T]) -> PreparedBatch:
+        """Serialize a batch and decide, per object, inline or store."""
+        state = self._topics[ready.topic]
+        seq = state.seq
+        state.seq += 1
+        store = self._store_for(ready.topic) if ready.objects else None
+        to_store: list[list[Buffer]] = []
+        events: list[Event | PendingObject[Any]] = []
+        for item in ready.objects:
+            if store is None:
+                data = b"".join(self._serializer.dumps(item.obj))
+                events.append(NewObjectEvent(data, item.metadata))
+                continue
+            frames = store.serializer.dumps(item.obj)
+            if self._threshold is not None and _size(frames) < self._threshold:
+                if store.serializer.name != self._serializer.name:
+                    frames = self._serializer.dumps(item.obj)
+                events.append(NewObjectEvent(b"".join(frames), item.metadata))
+            else:
+                to_store.append(frames)
+                events.append(item)
+        if ready.end_of_stream:
+            events.append(EndOfStreamEvent())
+        return PreparedBatch(
+            ready.topic,
+            to_store,
+            events,
+            self.producer_id,
+            seq,
+            self._serializer.name,
+            store.config() if store is not None and to_store else None,
+            self._signing_key,
+        )
