@@ -209,9 +209,10 @@ class StreamProducer(Generic[T]):
         """
         if isinstance(topics, str):
             raise TypeError("topics must be an iterable of topic names, not a str")
-        for ready in self._state.flush_all():
-            self._publish(ready)
+        # Closing first lets each closed topic's last objects share the
+        # end-of-stream message; then the other topics' partial batches go.
         self.close_topics(*topics)
+        self.flush()
         if stores:
             for store in self._stores.all():
                 store.close()
@@ -326,9 +327,8 @@ class AsyncStreamProducer(Generic[T]):
         """Flush everything, end `topics`, and close the publisher."""
         if isinstance(topics, str):
             raise TypeError("topics must be an iterable of topic names, not a str")
-        for ready in self._state.flush_all():
-            await self._publish(ready)
         await self.close_topics(*topics)
+        await self.flush()
         if stores:
             for store in self._stores.all():
                 await asyncio.to_thread(store.close)
