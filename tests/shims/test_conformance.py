@@ -7,6 +7,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -214,3 +216,42 @@ def test_unreachable_broker_raises_connection_error(case: ShimCase) -> None:
             attempt()
         assert isinstance(info.value, ConnectionError)
         assert time.monotonic() - start < 30
+
+
+def test_stream_producer_consumer_end_to_end(driver: Driver, tmp_path: Path) -> None:
+    from proxystore_stream import AsyncStreamConsumer
+    from proxystore_stream import AsyncStreamProducer
+    from proxystore_stream import StreamConsumer
+    from proxystore_stream import StreamProducer
+    from proxystore_stream.proxy import Proxy
+    from proxystore_stream.store import FileConnector
+    from proxystore_stream.store import Store
+
+    topic = topic_name()
+    store: Store[Any] = Store("conformance", FileConnector(tmp_path))
+    pub = driver.publisher()
+    sub = driver.subscriber([topic])
+    objects = [{"i": i, "blob": bytes([i]) * (10 if i % 2 else 100_000)} for i in range(20)]
+
+    if isinstance(driver, SyncDriver):
+        producer: Any = StreamProducer(pub, stores={topic: store}, inline_threshold=1024, batch_size=3)
+        for i, obj in enumerate(objects):
+            producer.send(topic, obj, metadata={"i": i})
+        producer.close(topics=[topic], publisher=False)
+        received = list(StreamConsumer(sub, timeout=RECEIVE_TIMEOUT).iter_with_metadata())
+    else:
+
+        async def run() -> list[Any]:
+            producer = AsyncStreamProducer(pub, stores={topic: store}, inline_threshold=1024, batch_size=3)
+            for i, obj in enumerate(objects):
+                await producer.send(topic, obj, metadata={"i": i})
+            await producer.close(topics=[topic], publisher=False)
+            consumer = AsyncStreamConsumer(sub, timeout=RECEIVE_TIMEOUT)
+            return [item async for item in consumer.iter_with_metadata()]
+
+        received = driver.run(run())
+
+    assert [metadata["i"] for metadata, _ in received] == list(range(20))
+    assert [obj for _, obj in received] == objects
+    assert [isinstance(obj, Proxy) for _, obj in received] == [i % 2 == 0 for i in range(20)]
+    assert list(tmp_path.iterdir()) == [], "every stored object was evicted on resolve"

@@ -1,0 +1,51 @@
+"""Sync and async twins keep the same public methods and signatures."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import pytest
+
+from proxystore_stream import AsyncStreamConsumer
+from proxystore_stream import AsyncStreamProducer
+from proxystore_stream import StreamConsumer
+from proxystore_stream import StreamProducer
+
+SHIM_MODULES = ["queue", "local", "redis", "zmq", "kafka", "rabbitmq"]
+
+
+def _public(cls: type) -> dict[str, inspect.Signature]:
+    methods = {}
+    for name, member in inspect.getmembers(cls):
+        if name.startswith("_") and name not in ("__init__",):
+            continue
+        if callable(member):
+            methods[name] = inspect.signature(member)
+    return methods
+
+
+def _pairs() -> list[tuple[type, type]]:
+    pairs: list[tuple[type, type]] = [
+        (StreamProducer, AsyncStreamProducer),
+        (StreamConsumer, AsyncStreamConsumer),
+    ]
+    for name in SHIM_MODULES:
+        try:
+            module = importlib.import_module(f"proxystore_stream.shims.{name}")
+        except ImportError:
+            continue
+        for attr in getattr(module, "__all__", []):
+            if attr.startswith("Async") and hasattr(module, attr[len("Async"):]):
+                pairs.append((getattr(module, attr[len("Async"):]), getattr(module, attr)))
+    return pairs
+
+
+@pytest.mark.parametrize(("sync", "async_"), _pairs(), ids=lambda c: c.__name__)
+def test_twins_have_the_same_methods_and_signatures(sync: type, async_: type) -> None:
+    sync_methods, async_methods = _public(sync), _public(async_)
+    assert sorted(sync_methods) == sorted(async_methods)
+    for name, signature in sync_methods.items():
+        assert list(signature.parameters) == list(async_methods[name].parameters), name
+        for param, value in signature.parameters.items():
+            assert value.default == async_methods[name].parameters[param].default, (name, param)
