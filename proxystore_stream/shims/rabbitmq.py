@@ -100,14 +100,17 @@ from proxystore_stream.shims._errors import map_errors
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_PREFETCH",
     "DEFAULT_PREFIX",
     "AsyncRabbitMQPublisher",
     "AsyncRabbitMQSubscriber",
+    "Mode",
     "RabbitMQPublisher",
     "RabbitMQSubscriber",
 ]
 
 Mode = Literal["fanout", "queue"]
+"""The two ways topics map to broker objects (see the module docstring)."""
 
 DEFAULT_PREFIX = "pss."
 DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
@@ -366,6 +369,7 @@ class RabbitMQPublisher:
                 "RabbitMQPublisher is closed",
                 broker=self._broker,
             )
+        self._check_channel()
         with map_errors(_PIKA_ERRORS, broker=self._broker):
             if name not in self._declared:
                 self._declare(name)
@@ -388,6 +392,18 @@ class RabbitMQPublisher:
             return
         with map_errors(_PIKA_ERRORS, broker=self._broker):
             self._connection.process_data_events(time_limit=0)
+        self._check_channel()
+
+    def _check_channel(self) -> None:
+        # The broker closes the channel asynchronously (e.g. a message over its
+        # max_message_size); pika then only says "Channel is closed", so name
+        # the broker's reason, which pika keeps on the channel.
+        if self._channel.is_closed:
+            reason = getattr(self._channel, "_closing_reason", None)
+            raise BrokerConnectionError(
+                f"RabbitMQ closed the channel: {reason!r}",
+                broker=self._broker,
+            )
 
     def close(self) -> None:
         """Flush and close the connection (idempotent)."""
