@@ -19,7 +19,10 @@ Topologies:
 
 - 1:N (default): the publisher binds, subscribers connect.
 - N:1: the subscriber binds (``bind=True``) and publishers connect
-  (``bind=False``).
+  (``bind=False``). ZeroMQ completes a new connection, and so sends the
+  subscriptions to a new publisher, only while the binding subscriber is in
+  use: start receiving (e.g. in a thread) before waiting for subscribers on
+  the publishers.
 - N:N: a `ZeroMQForwarder` binds an XSUB frontend for publishers and an
   XPUB backend for subscribers; every endpoint connects to it.
 
@@ -140,9 +143,7 @@ def _endpoint(address: str, port: int | None, *, bind: bool) -> str:
         raise ValueError(f"port must be an int in 0..65535, not {port!r}")
     if port == 0:
         if not bind:
-            raise ValueError(
-                "port 0 (pick a free port) only makes sense with bind=True"
-            )
+            raise ValueError("port 0 (pick a free port) only makes sense with bind=True")
         return f"tcp://{address}:*"
     return f"tcp://{address}:{port}"
 
@@ -279,10 +280,7 @@ class _TopicFrames:
 
 
 def _timeout_message(topic: str, count: int, seen: int, timeout: float) -> str:
-    return (
-        f"Only {seen} of {count} subscriber(s) of topic {topic!r} were ready "
-        f"within {timeout} s"
-    )
+    return f"Only {seen} of {count} subscriber(s) of topic {topic!r} were ready within {timeout} s"
 
 
 class ZeroMQPublisher:
@@ -363,9 +361,7 @@ class ZeroMQPublisher:
             self._socket.send(frame, zmq.SNDMORE)
             self._socket.send(message, 0, copy=type(message) is not bytes)
         except zmq.ZMQError as exc:
-            raise BrokerConnectionError(
-                f"send failed: {exc}", broker=self.endpoint
-            ) from exc
+            raise BrokerConnectionError(f"send failed: {exc}", broker=self.endpoint) from exc
         self._sent += 1
         if self._sent % _DRAIN_EVERY == 0:
             self._drain()
@@ -470,9 +466,7 @@ def _publisher_options(
     ]
 
 
-def _subscriber_options(
-    rcvhwm: int, options: Mapping[str, Any]
-) -> list[tuple[int, Any]]:
+def _subscriber_options(rcvhwm: int, options: Mapping[str, Any]) -> list[tuple[int, Any]]:
     return [(zmq.RCVHWM, _hwm("rcvhwm", rcvhwm)), (zmq.LINGER, 0), *_options(options)]
 
 
@@ -489,7 +483,8 @@ class ZeroMQSubscriber:
         topic: Topic or topics to receive, matched exactly; ``''`` (the
             default) receives every topic.
         bind: Connect to the endpoint (default) or bind it (True: N:1, many
-            publishers connect with ``bind=False``).
+            publishers connect with ``bind=False``; new publishers only get
+            the subscriptions while a receive is running).
         rcvhwm: Messages queued in this subscriber at most (0: no limit).
             When reached, the publisher queues up to its own HWM, then drops.
         timeout: Seconds iteration waits for a message at most (None:
@@ -635,9 +630,7 @@ class AsyncZeroMQPublisher:
                 copy=type(message) is not bytes,
             )
         except zmq.ZMQError as exc:
-            raise BrokerConnectionError(
-                f"send failed: {exc}", broker=self.endpoint
-            ) from exc
+            raise BrokerConnectionError(f"send failed: {exc}", broker=self.endpoint) from exc
         self._sent += 1
         if self._sent % _DRAIN_EVERY == 0:
             await self._drain()
@@ -882,9 +875,7 @@ class ZeroMQForwarder:
                 for sock in (xsub, xpub, proxy_control):
                     sock.close(linger=0)
 
-        self._thread = threading.Thread(
-            target=run, name="pss-zmq-forwarder", daemon=True
-        )
+        self._thread = threading.Thread(target=run, name="pss-zmq-forwarder", daemon=True)
         self._thread.start()
         return self
 

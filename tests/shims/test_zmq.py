@@ -1,0 +1,404 @@
+"""ZeroMQ-specific behaviour: framing, topologies, HWM, zero-copy, close."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from proxystore_stream.cli.targets.zmq import open_bare
+from proxystore_stream.cli.targets.zmq import open_endpoints
+from proxystore_stream.exceptions import BrokerConnectionError
+from proxystore_stream.exceptions import MalformedMessageError
+from proxystore_stream.exceptions import StreamTimeoutError
+from proxystore_stream.exceptions import SubscriberClosedError
+from proxystore_stream.shims.zmq import DEFAULT_HWM
+from proxystore_stream.shims.zmq import DEFAULT_ZERO_COPY_THRESHOLD
+from proxystore_stream.shims.zmq import AsyncZeroMQPublisher
+from proxystore_stream.shims.zmq import AsyncZeroMQSubscriber
+from proxystore_stream.shims.zmq import ZeroMQForwarder
+from proxystore_stream.shims.zmq import ZeroMQPublisher
+from proxystore_stream.shims.zmq import ZeroMQSubscriber
+
+LOCAL = "127.0.0.1"
+
+
+def drain(sub: ZeroMQSubscriber, quiet: float = 0.3) -> list[bytes]:
+    """Everything `sub` receives until it stays quiet for `quiet` seconds."""
+    received = []
+    for _ in range(1_000_000):
+        try:
+            received.append(sub.receive(quiet))
+        except StreamTimeoutError:
+            break
+    return received
+
+
+@pytest.fixture
+def ipc_endpoint() -> Iterator[str]:
+    path = os.path.join(tempfile.gettempdir(), f"pss-zmq-{uuid.uuid4().hex[:12]}.sock")
+    yield f"ipc://{path}"
+    if os.path.exists(path):
+        os.unlink(path)
+
+
+def test_topic_framing_is_exact() -> None:
+    with (
+        ZeroMQPublisher(LOCAL, 0) as pub,
+        ZeroMQSubscriber(pub.endpoint, topic="a") as sub_a,
+        ZeroMQSubscriber(pub.endpoint, topic="") as sub_all,
+        ZeroMQSubscriber(pub.endpoint, topic=["ab", "b"]) as sub_ab_b,
+    ):
+        assert pub.wait_for_subscribers("a", 2) == 2  # "a" and everything
+        assert pub.wait_for_subscribers("ab", 2) == 2
+        for topic in ("ab", "a", "abc", "b", "ba", "a"):
+            pub.send(topic, topic.encode())
+        assert [sub_a.receive(5), sub_a.receive(5)] == [b"a", b"a"]
+        assert drain(sub_a) == []
+        assert drain(sub_all) == [b"ab", b"a", b"abc", b"b", b"ba", b"a"]
+        assert drain(sub_ab_b) == [b"ab", b"b"]
+
+
+def test_bad_arguments_name_the_parameter() -> None:
+    with pytest.raises(ValueError, match="port"):
+        ZeroMQPublisher(LOCAL)
+    with pytest.raises(ValueError, match="port"):
+        ZeroMQPublisher("tcp://127.0.0.1:5555", 5555)
+    with pytest.raises(ValueError, match="port 0"):
+        ZeroMQSubscriber(LOCAL, 0)
+    with pytest.raises(ValueError, match="sndhwm"):
+        ZeroMQPublisher(LOCAL, 0, sndhwm=-1)
+    with pytest.raises(ValueError, match="linger"):
+        ZeroMQPublisher(LOCAL, 0, linger=-1)
+    with pytest.raises(TypeError, match="no_such_option"):
+        ZeroMQPublisher(LOCAL, 0, no_such_option=1)
+    with pytest.raises(ValueError, match="topic"):
+        ZeroMQSubscriber(LOCAL, 1, topic=[])
+    with ZeroMQPublisher(LOCAL, 0) as pub:
+        with pytest.raises(ValueError, match="NUL"):
+            pub.send("a\x00b", b"x")
+        with pytest.raises(TypeError, match="topic"):
+            pub.send(b"a", b"x")  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="closed"):
+        pub.send("a", b"x")
+
+
+def test_bind_to_an_endpoint_in_use_raises_connection_error() -> None:
+    with ZeroMQPublisher(LOCAL, 0) as pub:
+        with pytest.raises(BrokerConnectionError) as info:
+            ZeroMQPublisher(pub.endpoint)
+        assert isinstance(info.value.__cause__, zmq.ZMQError)
+
+
+def test_reverse_mode_many_publishers_one_bound_subscriber() -> None:
+    received: list[bytes] = []
+    with ZeroMQSubscriber(LOCAL, 0, topic="t", bind=True) as sub:
+        # A binding SUB completes new connections only while it is in use.
+        consumer = threading.Thread(
+            target=lambda: received.extend(sub.receive(10) for _ in range(300)),
+            daemon=True,
+        )
+        consumer.start()
+        pubs = [ZeroMQPublisher(sub.endpoint, bind=False) for _ in range(3)]
+        try:
+            for pub in pubs:
+                assert pub.wait_for_subscribers("t") == 1
+            for i in range(100):
+                for p, pub in enumerate(pubs):
+                    pub.send("t", b"%d:%03d" % (p, i))
+            consumer.join(30)
+        finally:
+            for pub in pubs:
+                pub.close()
+    assert len(received) == 300
+    for p in range(3):
+        mine = [m for m in received if m.startswith(b"%d:" % p)]
+        assert mine == [b"%d:%03d" % (p, i) for i in range(100)]
+
+
+def test_ipc_endpoint(ipc_endpoint: str) -> None:
+    with ZeroMQPublisher(ipc_endpoint) as pub:
+        assert pub.endpoint == ipc_endpoint
+        with ZeroMQSubscriber(ipc_endpoint, topic="t") as sub:
+            pub.wait_for_subscribers("t")
+            sent = [b"ipc-%d" % i for i in range(50)]
+            for message in sent:
+                pub.send("t", message)
+            assert [sub.receive(5) for _ in sent] == sent
+
+
+def test_forwarder_n_to_n() -> None:
+    with ZeroMQForwarder("tcp://127.0.0.1:*", "tcp://127.0.0.1:*") as forwarder:
+        pubs = [ZeroMQPublisher(forwarder.frontend, bind=False) for _ in range(2)]
+        subs: list[ZeroMQSubscriber] = []
+        try:
+            # Connect subscribers one by one once the publishers' pipes exist,
+            # so every subscription reaches every publisher and counts.
+            for n in (1, 2):
+                subs.append(ZeroMQSubscriber(forwarder.backend, topic="t"))
+                for pub in pubs:
+                    assert pub.wait_for_subscribers("t", n) >= n
+            for i in range(50):
+                for p, pub in enumerate(pubs):
+                    pub.send("t", b"%d:%02d" % (p, i))
+                    pub.send("other", b"no")
+            for sub in subs:
+                received = [sub.receive(5) for _ in range(100)]
+                for p in range(2):
+                    mine = [m for m in received if m.startswith(b"%d:" % p)]
+                    assert mine == [b"%d:%02d" % (p, i) for i in range(50)]
+                assert drain(sub) == []
+        finally:
+            for endpoint in [*subs, *pubs]:
+                endpoint.close()
+    forwarder.stop()  # idempotent
+
+
+def test_large_frames_arrive_intact_and_mutable_buffers_are_copied() -> None:
+    with ZeroMQPublisher(LOCAL, 0) as pub, ZeroMQSubscriber(pub.endpoint, topic="big") as sub:
+        pub.wait_for_subscribers("big")
+        assert pub._socket.copy_threshold == DEFAULT_ZERO_COPY_THRESHOLD
+        sent = [os.urandom(size) for size in (16 * 1024, 1 << 20, 8 << 20)]
+        for message in sent:
+            pub.send("big", message)
+        # A mutable buffer is copied: changing it after send changes nothing.
+        buffer = bytearray(b"a" * (1 << 20))
+        pub.send("big", buffer)  # type: ignore[arg-type]
+        buffer[:] = b"b" * (1 << 20)
+        assert [sub.receive(10) for _ in sent] == sent
+        assert sub.receive(10) == b"a" * (1 << 20)
+
+
+def test_hwm_and_pass_through_options_reach_the_socket() -> None:
+    with ZeroMQPublisher(LOCAL, 0, sndhwm=1234, sndbuf=1 << 20) as pub:
+        assert pub._socket.getsockopt(zmq.SNDHWM) == 1234
+        assert pub._socket.getsockopt(zmq.SNDBUF) == 1 << 20
+        with ZeroMQSubscriber(pub.endpoint, rcvhwm=4321, maxmsgsize=1 << 30) as sub:
+            assert sub._socket.getsockopt(zmq.RCVHWM) == 4321
+            assert sub._socket.getsockopt(zmq.MAXMSGSIZE) == 1 << 30
+    with ZeroMQPublisher(LOCAL, 0) as pub, ZeroMQSubscriber(pub.endpoint) as sub:
+        assert pub._socket.getsockopt(zmq.SNDHWM) == DEFAULT_HWM
+        assert sub._socket.getsockopt(zmq.RCVHWM) == DEFAULT_HWM
+
+
+def test_no_loss_for_20000_messages_of_10_kib_with_a_consumer_keeping_up() -> None:
+    count, message = 20_000, b"x" * (10 * 1024)
+    with ZeroMQPublisher(LOCAL, 0) as pub, ZeroMQSubscriber(pub.endpoint, topic="load") as sub:
+        pub.wait_for_subscribers("load")
+        received: list[int] = []
+
+        def consume() -> None:
+            for _ in range(count):
+                try:
+                    received.append(int(sub.receive(10)[:8]))
+                except StreamTimeoutError:
+                    return
+
+        consumer = threading.Thread(target=consume, daemon=True)
+        consumer.start()
+        start = time.monotonic()
+        for i in range(count):
+            pub.send("load", b"%08d" % i + message[8:])
+        consumer.join(60)
+        assert not consumer.is_alive()
+        assert time.monotonic() - start < 60
+    assert received == list(range(count))
+
+
+def test_publisher_drops_silently_at_hwm_and_never_blocks() -> None:
+    with (
+        ZeroMQPublisher(LOCAL, 0, sndhwm=10) as pub,
+        ZeroMQSubscriber(pub.endpoint, topic="t", rcvhwm=10) as sub,
+    ):
+        pub.wait_for_subscribers("t")
+        start = time.monotonic()
+        for i in range(10_000):  # 100 MB: far beyond queues and TCP buffers
+            pub.send("t", b"%08d" % i + b"x" * 10_232)
+        assert time.monotonic() - start < 30
+        received = drain(sub, quiet=0.5)
+    assert 0 < len(received) < 10_000
+    numbers = [int(m[:8]) for m in received]
+    assert numbers == sorted(numbers)
+
+
+def test_close_with_unsent_messages_is_bounded() -> None:
+    pub = ZeroMQPublisher(LOCAL, 0, sndhwm=0, linger=0.5)
+    sub = ZeroMQSubscriber(pub.endpoint, topic="t", rcvhwm=1)
+    try:
+        pub.wait_for_subscribers("t")
+        for _ in range(500):  # 32 MB, never read: most stays queued
+            pub.send("t", b"x" * 65536)
+        start = time.monotonic()
+        pub.close()
+        assert time.monotonic() - start < 2.5
+        pub.close()
+    finally:
+        sub.close()
+    # A publisher aimed at nobody closes at once.
+    lonely = ZeroMQPublisher(LOCAL, 1, bind=False)
+    for _ in range(100):
+        lonely.send("t", b"x")
+    start = time.monotonic()
+    lonely.close()
+    assert time.monotonic() - start < 1.5
+
+
+def test_subscriber_count_is_live_and_wait_times_out() -> None:
+    with ZeroMQPublisher(LOCAL, 0) as pub:
+        sub = ZeroMQSubscriber(pub.endpoint, topic="t")
+        assert pub.wait_for_subscribers("t") == 1
+        sub.close()
+        deadline = time.monotonic() + 10
+        while pub.subscriber_count("t") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pub.subscriber_count("t") == 0
+        start = time.monotonic()
+        with pytest.raises(StreamTimeoutError, match="0 of 1"):
+            pub.wait_for_subscribers("t", timeout=0.3)
+        assert 0.25 < time.monotonic() - start < 5
+
+
+def test_close_from_another_thread_ends_receive_within_half_a_second() -> None:
+    with ZeroMQSubscriber(LOCAL, 0, topic="t", bind=True) as sub:
+        outcome: list[BaseException] = []
+        started = threading.Event()
+
+        def block() -> None:
+            started.set()
+            try:
+                sub.receive()
+            except BaseException as exc:  # recorded for the assert
+                outcome.append(exc)
+
+        thread = threading.Thread(target=block, daemon=True)
+        thread.start()
+        assert started.wait(5)
+        time.sleep(0.05)  # let it reach its poll
+        start = time.monotonic()
+        sub.close()
+        thread.join(5)
+        assert time.monotonic() - start < 0.5
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], SubscriberClosedError)
+        assert sub._socket.closed
+
+
+def test_malformed_message_from_a_foreign_publisher() -> None:
+    with ZeroMQSubscriber(LOCAL, 0, bind=True) as sub:
+        ctx = zmq.Context.instance()
+        raw = ctx.socket(zmq.PUB)
+        try:
+            raw.connect(sub.endpoint)
+            # Resend until the connection is up (PUB drops until then).
+            errors: list[MalformedMessageError] = []
+            deadline = time.monotonic() + 10
+            while not errors and time.monotonic() < deadline:
+                raw.send(b"single frame")
+                try:
+                    sub.receive(0.05)
+                except StreamTimeoutError:
+                    continue
+                except MalformedMessageError as exc:
+                    errors.append(exc)
+            assert errors
+            assert "2 frames" in str(errors[0])
+        finally:
+            raw.close(linger=0)
+
+
+def test_async_receive_cancellation_loses_nothing() -> None:
+    async def main() -> list[bytes]:
+        pub = AsyncZeroMQPublisher(LOCAL, 0)
+        sub = AsyncZeroMQSubscriber(pub.endpoint, topic="t")
+        try:
+            await pub.wait_for_subscribers("t")
+            sent = [b"m%03d" % i for i in range(200)]
+            received: list[bytes] = []
+
+            async def produce() -> None:
+                for message in sent:
+                    await pub.send("t", message)
+                    await asyncio.sleep(0)
+
+            producer = asyncio.create_task(produce())
+            deadline = time.monotonic() + 30
+            while len(received) < len(sent) and time.monotonic() < deadline:
+                # Cancels the inner receive over and over mid-wait.
+                with contextlib.suppress(TimeoutError):
+                    received.append(await asyncio.wait_for(sub.receive(), 0.001))
+            await producer
+            assert received == sent
+            return received
+        finally:
+            await sub.close()
+            await pub.close()
+
+    assert len(asyncio.run(main())) == 200
+
+
+def test_async_close_ends_pending_receive() -> None:
+    async def main() -> None:
+        async with AsyncZeroMQSubscriber(LOCAL, 0, topic="t", bind=True) as sub:
+            task = asyncio.create_task(sub.receive())
+            await asyncio.sleep(0.05)
+            start = time.monotonic()
+            await sub.close()
+            with pytest.raises(SubscriberClosedError):
+                await asyncio.wait_for(task, 2)
+            assert time.monotonic() - start < 0.5
+            assert sub._socket.closed
+            assert [m async for m in sub] == []
+
+    asyncio.run(main())
+
+
+def test_bench_target_ours_and_bare_100_messages() -> None:
+    publisher, subscriber = open_endpoints("zmq", "bench-test")
+    try:
+        sent = [b"ours-%d" % i for i in range(100)]
+        for message in sent:
+            publisher.send("bench-test", message)
+        assert [subscriber.receive(10) for _ in sent] == sent
+    finally:
+        subscriber.close()
+        publisher.close()
+    bare = open_bare("zmq", "bench-test")
+    try:
+        sent = [b"bare-%d" % i for i in range(100)]
+        for message in sent:
+            bare.send(message)
+        bare.flush()
+        assert [bare.receive() for _ in sent] == sent
+    finally:
+        bare.close()
+    with pytest.raises(ValueError, match="name"):
+        open_endpoints("redis", "t")
+
+
+def test_missing_pyzmq_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['zmq'] = None\n"
+        "try:\n"
+        "    import proxystore_stream.shims.zmq\n"
+        "except ImportError as e:\n"
+        "    print(type(e).__name__, e)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "MissingDependencyError" in result.stdout
+    assert "[zmq]" in result.stdout
