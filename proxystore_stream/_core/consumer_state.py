@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
-from proxystore_stream._core.envelope import decode_batch
-from proxystore_stream.events import EndOfStreamEvent
-from proxystore_stream.events import EventBatch
-from proxystore_stream.events import NewObjectEvent
-from proxystore_stream.events import NewObjectKeyEvent
+from proxystore_stream._core.envelope import END
+from proxystore_stream._core.envelope import INLINE
+from proxystore_stream._core.envelope import WireBatch
+from proxystore_stream._core.envelope import decode_wire
 from proxystore_stream.events import StoreConfig
 from proxystore_stream.protocols import Filter
 
@@ -51,7 +50,7 @@ STREAM_END = _Sentinel("STREAM_END")
 """Every topic of the consumer has ended."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InlineObject:
     """Hand over an object that travelled in the message."""
 
@@ -62,7 +61,7 @@ class InlineObject:
     event_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoredObject:
     """Hand over an object kept in a store (usually as a lazy proxy)."""
 
@@ -74,7 +73,7 @@ class StoredObject:
     event_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Discard:
     """A filtered-out stored object the producer wanted evicted: evict it."""
 
@@ -119,7 +118,7 @@ class ConsumerState:
         self._expected_topics = None if topics is None else frozenset(topics)
         self._producers = producers
         self._signing_key = signing_key
-        self._pending: deque[tuple[EventBatch, int]] = deque()
+        self._pending: deque[tuple[WireBatch, int]] = deque()
         self._progress: dict[str, _TopicProgress] = {}
         self._ended = False
 
@@ -139,7 +138,7 @@ class ConsumerState:
             MalformedMessageError: If the bytes are not a valid envelope
                 (the state is unchanged; the next message can follow).
         """
-        batch = decode_batch(message, topic=topic, signing_key=self._signing_key)
+        batch = decode_wire(message, topic=topic, signing_key=self._signing_key)
         progress = self._progress.get(batch.topic)
         if progress is None:
             progress = self._progress[batch.topic] = _TopicProgress()
@@ -152,33 +151,29 @@ class ConsumerState:
         while self._pending:
             batch, index = self._pending.popleft()
             event = batch.events[index]
-            if type(event) is EndOfStreamEvent:
+            tag = event[0]
+            if tag == END:
                 self._progress[batch.topic].closed.add(batch.producer_id)
                 if self._all_ended():
                     self._ended = True
                     self._pending.clear()
                     return STREAM_END
                 continue
-            assert isinstance(event, NewObjectEvent | NewObjectKeyEvent)
-            if self._filter is not None and self._filter(event.metadata):
-                if isinstance(event, NewObjectKeyEvent) and event.evict:
-                    return Discard(event.key, event.store)
+            metadata = event[-1]
+            if self._filter is not None and self._filter(metadata):
+                # event is [KEY, key, store_index, evict, metadata] here.
+                if tag != INLINE and event[3]:
+                    return Discard(event[1], batch.stores[event[2]])
                 continue
             event_id = f"{batch.producer_id}:{batch.seq}:{index}"
-            if isinstance(event, NewObjectEvent):
-                return InlineObject(
-                    batch.topic,
-                    event.data,
-                    batch.serializer,
-                    event.metadata,
-                    event_id,
-                )
+            if tag == INLINE:
+                return InlineObject(batch.topic, event[1], batch.serializer, metadata, event_id)
             return StoredObject(
                 batch.topic,
-                event.key,
-                event.store,
-                event.evict,
-                event.metadata,
+                event[1],
+                batch.stores[event[2]],
+                event[3],
+                metadata,
                 event_id,
             )
         return STREAM_END if self._ended else NEED_MESSAGE

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -39,13 +40,49 @@ SIGNED = 2
 _DIGEST_SIZE = 32
 _HEADER = len(MAGIC) + 1
 
-_INLINE = 0
-_KEY = 1
-_END = 2
+INLINE = 0
+KEY = 1
+END = 2
 
 
 def _sign(key: bytes, body: bytes | memoryview) -> bytes:
     return hmac.digest(key, body, hashlib.sha256)
+
+
+def encode_wire(
+    topic: str,
+    producer_id: str,
+    seq: int,
+    serializer: str,
+    stores: list[list[Any]],
+    events: list[list[Any]],
+    *,
+    signing_key: bytes | None = None,
+) -> bytes:
+    """Encode a batch already in wire form (the producer's fast path).
+
+    Raises:
+        TypeError: If event metadata holds values msgpack cannot encode.
+    """
+    try:
+        body = msgpack.packb(
+            [topic, producer_id, seq, serializer, stores, events],
+            use_bin_type=True,
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(
+            "Event metadata must be plain data (str keys; None, bool, int, "
+            f"float, str, bytes, list, dict values): {exc}",
+        ) from exc
+    assert isinstance(body, bytes)
+    if signing_key is None:
+        return b"PSS\x01" + body
+    return b"PSS\x02" + _sign(signing_key, body) + body
+
+
+def store_fields(config: StoreConfig) -> list[Any]:
+    """A store config in wire form."""
+    return [config.name, config.kind, config.options, config.serializer]
 
 
 def encode_batch(batch: EventBatch, *, signing_key: bytes | None = None) -> bytes:
@@ -63,32 +100,24 @@ def encode_batch(batch: EventBatch, *, signing_key: bytes | None = None) -> byte
     events: list[list[Any]] = []
     for event in batch.events:
         if type(event) is NewObjectEvent:
-            events.append([_INLINE, event.data, event.metadata])
+            events.append([INLINE, event.data, event.metadata])
         elif type(event) is NewObjectKeyEvent:
-            config = event.store
-            index = store_index.get(id(config))
+            index = store_index.get(id(event.store))
             if index is None:
-                index = store_index[id(config)] = len(stores)
-                stores.append(
-                    [config.name, config.kind, config.options, config.serializer],
-                )
-            events.append([_KEY, event.key, index, event.evict, event.metadata])
+                index = store_index[id(event.store)] = len(stores)
+                stores.append(store_fields(event.store))
+            events.append([KEY, event.key, index, event.evict, event.metadata])
         else:
-            events.append([_END])
-    try:
-        body = msgpack.packb(
-            [batch.topic, batch.producer_id, batch.seq, batch.serializer, stores, events],
-            use_bin_type=True,
-        )
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(
-            "Event metadata must be plain data (str keys; None, bool, int, "
-            f"float, str, bytes, list, dict values): {exc}",
-        ) from exc
-    assert isinstance(body, bytes)
-    if signing_key is None:
-        return b"PSS\x01" + body
-    return b"PSS\x02" + _sign(signing_key, body) + body
+            events.append([END])
+    return encode_wire(
+        batch.topic,
+        batch.producer_id,
+        batch.seq,
+        batch.serializer,
+        stores,
+        events,
+        signing_key=signing_key,
+    )
 
 
 def decode_batch(
@@ -97,7 +126,49 @@ def decode_batch(
     topic: str | None = None,
     signing_key: bytes | None = None,
 ) -> EventBatch:
-    """Decode bytes from a broker into a batch.
+    """Decode bytes from a broker into a batch of event dataclasses.
+
+    Raises:
+        MessageAuthenticationError: If `signing_key` is given and the message
+            is unsigned or its signature does not match.
+        MalformedMessageError: If the bytes are not a valid envelope.
+    """
+    wire = decode_wire(data, topic=topic, signing_key=signing_key)
+    events: list[Event] = []
+    for raw in wire.events:
+        if raw[0] == INLINE:
+            events.append(NewObjectEvent(raw[1], raw[2]))
+        elif raw[0] == KEY:
+            events.append(NewObjectKeyEvent(raw[1], wire.stores[raw[2]], raw[3], raw[4]))
+        else:
+            events.append(EndOfStreamEvent())
+    return EventBatch(wire.topic, tuple(events), wire.producer_id, wire.seq, wire.serializer)
+
+
+@dataclass(slots=True)
+class WireBatch:
+    """A validated batch in wire form: events stay tagged lists (fast path).
+
+    Inline events are ``[0, data, metadata]``, key events ``[1, key,
+    store_index, evict, metadata]`` with `stores[store_index]` their config,
+    end events ``[2]``.
+    """
+
+    topic: str
+    producer_id: str
+    seq: int
+    serializer: str
+    stores: list[StoreConfig]
+    events: list[list[Any]]
+
+
+def decode_wire(
+    data: bytes,
+    *,
+    topic: str | None = None,
+    signing_key: bytes | None = None,
+) -> WireBatch:
+    """Decode and validate bytes from a broker, keeping events in wire form.
 
     Args:
         data: The message.
@@ -143,7 +214,7 @@ def decode_batch(
         )
     try:
         fields = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
-        return _batch_from_fields(fields)
+        return _wire_from_fields(fields)
     except MalformedMessageError as exc:
         raise MalformedMessageError(exc.reason, topic=topic) from None
     except Exception as exc:
@@ -161,24 +232,23 @@ def _metadata(value: Any) -> dict[str, Any]:
     return value  # type: ignore[no-any-return]
 
 
-def _batch_from_fields(fields: Any) -> EventBatch:
+def _wire_from_fields(fields: Any) -> WireBatch:
     _expect(type(fields) is list and len(fields) == 6, "body is not a 6-item array")
-    topic, producer_id, seq, serializer, raw_stores, raw_events = fields
+    topic, producer_id, seq, serializer, raw_stores, events = fields
     _expect(type(topic) is str, "topic is not a string")
     _expect(type(producer_id) is str, "producer id is not a string")
     _expect(type(seq) is int and seq >= 0, "sequence number is not a natural number")
     _expect(type(serializer) is str, "serializer is not a string")
     _expect(type(raw_stores) is list, "stores is not an array")
-    _expect(type(raw_events) is list, "events is not an array")
+    _expect(type(events) is list, "events is not an array")
     stores = [_store_from_fields(store) for store in raw_stores]
-    events: list[Event] = []
-    for raw in raw_events:
+    for raw in events:
         _expect(type(raw) is list and len(raw) > 0, "event is not a tagged array")
         tag = raw[0]
-        if tag == _INLINE and len(raw) == 3:
+        if tag == INLINE and len(raw) == 3:
             _expect(type(raw[1]) is bytes, "inline object is not binary")
-            events.append(NewObjectEvent(raw[1], _metadata(raw[2])))
-        elif tag == _KEY and len(raw) == 5:
+            _metadata(raw[2])
+        elif tag == KEY and len(raw) == 5:
             _, key, index, evict, metadata = raw
             _expect(type(key) is str, "store key is not a string")
             _expect(
@@ -186,12 +256,10 @@ def _batch_from_fields(fields: Any) -> EventBatch:
                 "store index out of range",
             )
             _expect(type(evict) is bool, "evict flag is not a boolean")
-            events.append(NewObjectKeyEvent(key, stores[index], evict, _metadata(metadata)))
-        elif tag == _END and len(raw) == 1:
-            events.append(EndOfStreamEvent())
-        else:
+            _metadata(metadata)
+        elif not (tag == END and len(raw) == 1):
             raise MalformedMessageError(f"unknown event {str(raw)[:40]}")
-    return EventBatch(topic, tuple(events), producer_id, seq, serializer)
+    return WireBatch(topic, producer_id, seq, serializer, stores, events)
 
 
 def _store_from_fields(fields: Any) -> StoreConfig:

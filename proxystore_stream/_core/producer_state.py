@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
@@ -24,13 +23,12 @@ from typing import TypeVar
 
 import msgpack
 
-from proxystore_stream._core.envelope import encode_batch
+from proxystore_stream._core.envelope import END
+from proxystore_stream._core.envelope import INLINE
+from proxystore_stream._core.envelope import KEY
+from proxystore_stream._core.envelope import encode_wire
+from proxystore_stream._core.envelope import store_fields
 from proxystore_stream._types import Buffer
-from proxystore_stream.events import EndOfStreamEvent
-from proxystore_stream.events import Event
-from proxystore_stream.events import EventBatch
-from proxystore_stream.events import NewObjectEvent
-from proxystore_stream.events import NewObjectKeyEvent
 from proxystore_stream.events import StoreConfig
 from proxystore_stream.exceptions import TopicClosedError
 from proxystore_stream.protocols import Filter
@@ -61,7 +59,7 @@ class PendingObject(Generic[T]):
     metadata: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReadyBatch(Generic[T]):
     """Objects of one topic ready to go out, and whether the topic ends."""
 
@@ -85,11 +83,12 @@ class PreparedBatch:
     topic: str
     to_store: list[list[Buffer]]
     """Serialized objects for `store.put_batch`, in order (may be empty)."""
-    _events: list[Event | PendingObject[Any]]
+    _events: list[list[Any]]
+    _key_slots: list[int]
     _producer_id: str
     _seq: int
     _serializer: str
-    _store_config: StoreConfig | None
+    _stores: list[list[Any]]
     _signing_key: bytes | None
 
     def message(self, keys: Sequence[str] = ()) -> bytes:
@@ -102,29 +101,17 @@ class PreparedBatch:
             raise ValueError(
                 f"expected {len(self.to_store)} store keys, got {len(keys)}",
             )
-        key_iter: Iterator[str] = iter(keys)
-        events: list[Event] = []
-        for event in self._events:
-            if isinstance(event, PendingObject):
-                assert self._store_config is not None
-                events.append(
-                    NewObjectKeyEvent(
-                        next(key_iter),
-                        self._store_config,
-                        event.evict,
-                        event.metadata,
-                    ),
-                )
-            else:
-                events.append(event)
-        batch = EventBatch(
+        for slot, key in zip(self._key_slots, keys, strict=True):
+            self._events[slot][1] = key
+        return encode_wire(
             self.topic,
-            tuple(events),
             self._producer_id,
             self._seq,
             self._serializer,
+            self._stores,
+            self._events,
+            signing_key=self._signing_key,
         )
-        return encode_batch(batch, signing_key=self._signing_key)
 
 
 def _check_metadata(metadata: Any) -> None:
@@ -282,29 +269,34 @@ class ProducerState(Generic[T]):
         state.seq += 1
         store = self._store_for(ready.topic) if ready.objects else None
         to_store: list[list[Buffer]] = []
-        events: list[Event | PendingObject[Any]] = []
+        key_slots: list[int] = []
+        events: list[list[Any]] = []
         for item in ready.objects:
             if store is None:
                 data = b"".join(self._serializer.dumps(item.obj))
-                events.append(NewObjectEvent(data, item.metadata))
+                events.append([INLINE, data, item.metadata])
                 continue
             frames = store.serializer.dumps(item.obj)
             if self._threshold is not None and _size(frames) < self._threshold:
                 if store.serializer.name != self._serializer.name:
                     frames = self._serializer.dumps(item.obj)
-                events.append(NewObjectEvent(b"".join(frames), item.metadata))
+                events.append([INLINE, b"".join(frames), item.metadata])
             else:
                 to_store.append(frames)
-                events.append(item)
+                key_slots.append(len(events))
+                # The key (index 1) is filled in by PreparedBatch.message().
+                events.append([KEY, None, 0, item.evict, item.metadata])
         if ready.end_of_stream:
-            events.append(EndOfStreamEvent())
+            events.append([END])
+        stores = [store_fields(store.config())] if store is not None and to_store else []
         return PreparedBatch(
             ready.topic,
             to_store,
             events,
+            key_slots,
             self.producer_id,
             seq,
             self._serializer.name,
-            store.config() if store is not None and to_store else None,
+            stores,
             self._signing_key,
         )
