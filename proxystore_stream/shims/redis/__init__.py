@@ -1,0 +1,43 @@
+"""Redis shims: pub/sub (fan-out), list queue (work queue) and Streams (groups).
+
+| classes | module | semantics | persistence | acknowledgement |
+| --- | --- | --- | --- | --- |
+| `RedisPublisher`, `RedisSubscriber` | `pubsub` | fan-out | none | none |
+| `RedisQueuePublisher`, `RedisQueueSubscriber` | `queue` | work queue | until popped | none |
+| `RedisStreamPublisher`, `RedisStreamSubscriber` | `streams` | groups | until trimmed | XACK |
+
+Every class has an `Async` twin (redis.asyncio) in the same module, and a
+`from_url` classmethod. Keyword arguments pass through to `redis.Redis`
+(``password``, ``username``, ``db``, ``ssl``, ``ssl_ca_certs``...). Each
+module's docstring holds its full semantics table.
+"""
+
+from __future__ import annotations
+
+from proxystore_stream.shims.redis.pubsub import AsyncRedisPublisher
+from proxystore_stream.shims.redis.pubsub import AsyncRedisSubscriber
+from proxystore_stream.shims.redis.pubsub import RedisPublisher
+from proxystore_stream.shims.redis.pubsub import RedisSubscriber
+from proxystore_stream.shims.redis.queue import AsyncRedisQueuePublisher
+from proxystore_stream.shims.redis.queue import AsyncRedisQueueSubscriber
+from proxystore_stream.shims.redis.queue import RedisQueuePublisher
+from proxystore_stream.shims.redis.queue import RedisQueueSubscriber
+from proxystore_stream.shims.redis.streams import AsyncRedisStreamPublisher
+from proxystore_stream.shims.redis.streams import AsyncRedisStreamSubscriber
+from proxystore_stream.shims.redis.streams import RedisStreamPublisher
+from proxystore_stream.shims.redis.streams import RedisStreamSubscriber
+
+__all__ = [
+    "AsyncRedisPublisher",
+    "AsyncRedisQueuePublisher",
+    "AsyncRedisQueueSubscriber",
+    "AsyncRedisStreamPublisher",
+    "AsyncRedisStreamSubscriber",
+    "AsyncRedisSubscriber",
+    "RedisPublisher",
+    "RedisQueuePublisher",
+    "RedisQueueSubscriber",
+    "RedisStreamPublisher",
+    "RedisStreamSubscriber",
+    "RedisSubscriber",
+]

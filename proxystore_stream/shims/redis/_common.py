@@ -1,0 +1,256 @@
+"""Pieces shared by the Redis shims: client construction, checks, error map.
+
+Everything here is either pure (argument checks, URL parsing) or builds a
+client; no module here sends a command on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+from typing import Generic
+from typing import TypeVar
+
+from proxystore_stream.exceptions import require
+
+try:
+    import redis
+    import redis.asyncio.retry
+    import redis.retry
+    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.backoff import NoBackoff
+    from redis.connection import SSLConnection
+    from redis.connection import UnixDomainSocketConnection
+    from redis.connection import parse_url
+except ImportError as e:  # pragma: no cover - exercised in a subprocess test
+    require(__name__.rpartition(".")[0], "redis", "redis", e)
+
+from proxystore_stream._offload import SLICE_SECONDS
+from proxystore_stream.exceptions import BrokerConnectionError
+from proxystore_stream.exceptions import StreamTimeoutError
+from proxystore_stream.exceptions import SubscriberClosedError
+from proxystore_stream.shims._errors import ErrorMap
+
+__all__ = [
+    "CONNECTION_ERRORS",
+    "ERRORS",
+    "SLICE_SECONDS",
+    "PendingFetch",
+    "broker_name",
+    "check_message",
+    "check_topic",
+    "client_kwargs",
+    "topic_list",
+    "url_arguments",
+]
+
+T = TypeVar("T")
+
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+"""Client exceptions that mean the connection to Redis failed or was lost."""
+
+# AuthenticationError and BusyLoadingError subclass ConnectionError: the most
+# specific match wins, and all of them mean "cannot talk to this broker".
+ERRORS: ErrorMap = dict.fromkeys(CONNECTION_ERRORS, BrokerConnectionError)
+
+# Bounded defaults so an unreachable broker fails in a few seconds, not a
+# minute (redis-py's own default retries 10 times with a 1 s backoff cap).
+CONNECT_TIMEOUT = 5.0
+SOCKET_TIMEOUT = 10.0
+RETRIES = 3
+
+
+def broker_name(hostname: str, port: int, kwargs: dict[str, Any]) -> str:
+    """Describe the broker for error messages (no credentials)."""
+    scheme = "rediss" if kwargs.get("ssl") else "redis"
+    if kwargs.get("unix_socket_path"):
+        return f"unix://{kwargs['unix_socket_path']}"
+    return f"{scheme}://{hostname}:{port}/{kwargs.get('db', 0)}"
+
+
+def client_kwargs(
+    hostname: str,
+    port: int,
+    kwargs: dict[str, Any],
+    *,
+    protocol: int,
+    retries: int = RETRIES,
+    asyncio: bool = False,
+) -> dict[str, Any]:
+    """Build the keyword arguments of `redis.Redis` for a shim.
+
+    The caller's `kwargs` win over every default set here.
+
+    Args:
+        hostname: Redis host.
+        port: Redis port.
+        kwargs: Caller's extra arguments for the client.
+        protocol: RESP version to use unless the caller chose one (2 or 3).
+        retries: Reconnect attempts on a lost connection, unless the caller
+            passed its own `retry`.
+        asyncio: Build arguments for `redis.asyncio.Redis`.
+
+    Raises:
+        TypeError: If `hostname` or `port` has the wrong type.
+        ValueError: If `port` is out of range, or ``decode_responses=True``
+            is passed (messages are bytes).
+    """
+    if kwargs.get("decode_responses"):
+        raise ValueError("decode_responses must be False: messages are bytes")
+    if not isinstance(hostname, str):
+        raise TypeError(f"hostname must be a str, not {type(hostname).__name__}")
+    if not isinstance(port, int) or isinstance(port, bool):
+        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be in 1..65535, not {port}")
+    backoff = NoBackoff() if retries == 0 else ExponentialWithJitterBackoff(0.5, 0.02)
+    retry_class = redis.asyncio.retry.Retry if asyncio else redis.retry.Retry
+    made: dict[str, Any] = {
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "protocol": protocol,
+        "retry": retry_class(backoff, retries),
+    }
+    made.update(kwargs)
+    made["host"] = hostname
+    made["port"] = port
+    return made
+
+
+def url_arguments(url: str) -> tuple[str, int, dict[str, Any]]:
+    """Split a Redis URL into (hostname, port, client keyword arguments).
+
+    Supports ``redis://``, ``rediss://`` (TLS) and ``unix://`` URLs with the
+    query options redis-py understands (``?db=1&protocol=2`` ...).
+
+    Raises:
+        TypeError: If `url` is not a str.
+        ValueError: If the URL scheme is not one of the above.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str, not {type(url).__name__}")
+    parsed: dict[str, Any] = dict(parse_url(url))  # type: ignore[no-untyped-call]
+    connection_class = parsed.pop("connection_class", None)
+    hostname = str(parsed.pop("host", "localhost"))
+    port = int(parsed.pop("port", 6379))
+    if connection_class is not None and issubclass(connection_class, SSLConnection):
+        parsed["ssl"] = True
+    elif connection_class is not None and issubclass(
+        connection_class,
+        UnixDomainSocketConnection,
+    ):
+        parsed["unix_socket_path"] = parsed.pop("path")
+    return hostname, port, parsed
+
+
+def topic_list(topic: str | Sequence[str]) -> list[str]:
+    """Normalise a topic argument to a non-empty list without duplicates.
+
+    Raises:
+        TypeError: If `topic` is not a str or a sequence of str.
+        ValueError: If `topic` is empty.
+    """
+    topics = [topic] if isinstance(topic, str) else topic
+    if not isinstance(topics, Sequence) or not all(
+        isinstance(t, str) for t in topics
+    ):
+        raise TypeError(
+            f"topic must be a str or a sequence of str, not {type(topic).__name__}",
+        )
+    unique = list(dict.fromkeys(topics))
+    if not unique or not all(unique):
+        raise ValueError("topic must name at least one non-empty topic")
+    return unique
+
+
+def check_topic(topic: str) -> None:
+    """Raise TypeError/ValueError unless `topic` is a non-empty str."""
+    if not isinstance(topic, str):
+        raise TypeError(f"topic must be a str, not {type(topic).__name__}")
+    if not topic:
+        raise ValueError("topic must not be empty")
+
+
+def check_message(message: bytes) -> None:
+    """Raise TypeError unless `message` is bytes-like."""
+    if not isinstance(message, bytes | bytearray | memoryview):
+        raise TypeError(
+            f"message must be bytes, not {type(message).__name__}",
+        )
+
+
+class PendingFetch(Generic[T]):
+    """Await a fetch task that outlives a timed-out or cancelled awaiter.
+
+    `fetch` does one round of work (typically one short blocking command)
+    and returns an item or None. The task running it is never cancelled by
+    the waiting side: if the caller times out or is cancelled, the task's
+    result is handed to the next call instead, so no message is lost. Only
+    `settle` and `cancel` (used by ``close()``) take a task away; a caller
+    still waiting on it then gets `SubscriberClosedError`.
+
+    Args:
+        fetch: Coroutine function doing one round; None means "nothing yet".
+    """
+
+    def __init__(self, fetch: Callable[[], Awaitable[T | None]]) -> None:
+        self._fetch = fetch
+        self._task: asyncio.Future[T | None] | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether a fetch is under way (its item comes before anything else)."""
+        return self._task is not None
+
+    async def __call__(self, timeout: float | None) -> T:
+        """Return the next item, waiting `timeout` seconds at most (None: forever).
+
+        Raises:
+            StreamTimeoutError: If no item arrived within `timeout`.
+            SubscriberClosedError: If the fetch was taken away by close().
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            if self._task is None:
+                self._task = asyncio.ensure_future(self._fetch())
+            task = self._task
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            # asyncio.wait neither cancels the task on timeout nor when the
+            # awaiting coroutine is cancelled: exactly the property we need.
+            await asyncio.wait({task}, timeout=remaining)
+            if self._task is not task:
+                raise SubscriberClosedError("The subscriber was closed")
+            if not task.done():
+                raise StreamTimeoutError(f"No message within {timeout} s")
+            self._task = None
+            item = task.result()
+            if item is not None:
+                return item
+            if deadline is not None and loop.time() >= deadline:
+                raise StreamTimeoutError(f"No message within {timeout} s")
+
+    async def settle(self) -> T | None:
+        """Take a fetch under way (if any), wait for it and return its item."""
+        task, self._task = self._task, None
+        if task is None:
+            return None
+        await asyncio.wait({task})
+        if task.cancelled() or task.exception() is not None:
+            return None
+        return task.result()
+
+    async def cancel(self) -> None:
+        """Take a fetch under way (if any), cancel it and wait until it ends."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+            if not task.cancelled():
+                task.exception()  # retrieved, so asyncio does not log it

@@ -1,0 +1,517 @@
+"""Redis pub/sub shim: PUBLISH to channels, SUBSCRIBE/PSUBSCRIBE to receive.
+
+| property | behaviour |
+| --- | --- |
+| semantics | fan-out: every subscriber of a channel gets every message |
+| persistence | none; Redis forwards and forgets |
+| ordering | per channel, as published |
+| no subscriber | the message is dropped (PUBLISH reaches nobody) |
+| acknowledgement | none |
+| max message size | 512 MiB (`proto-max-bulk-len`); keep it small, see below |
+
+Topics containing a glob character (``*``, ``?`` or ``[``) are subscribed
+with PSUBSCRIBE (Redis glob patterns), the others with SUBSCRIBE; pass
+``pattern=True`` or ``pattern=False`` to force one for every topic (e.g. a
+literal channel name that contains ``*``). A message matching both a channel
+and a pattern of the same subscriber is delivered once for each.
+
+Redis disconnects a subscriber that falls behind (its output buffer passes
+``client-output-buffer-limit pubsub``, 32 MiB hard / 8 MiB for 60 s by
+default). redis-py would reconnect and resubscribe silently, losing what was
+published meanwhile; this subscriber raises `BrokerConnectionError` instead.
+Move large objects through a Store and publish only the small event.
+
+The clients use RESP2 unless ``protocol=3`` is passed: redis-py's RESP3 push
+parsing is several times slower for large messages (see docs/shims/redis.md).
+
+Example:
+    ```python
+    publisher = RedisPublisher("127.0.0.1", 6379)
+    subscriber = RedisSubscriber("127.0.0.1", 6379, ["frames", "logs.*"])
+    publisher.send("frames", b"...")
+    message = subscriber.receive(timeout=5)
+    ```
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from collections.abc import Iterator
+from collections.abc import Sequence
+from typing import Any
+from typing import Self
+
+from proxystore_stream.exceptions import require
+
+try:
+    import redis
+    import redis.asyncio
+except ImportError as e:  # pragma: no cover - exercised in a subprocess test
+    require(__name__, "redis", "redis", e)
+
+from proxystore_stream.exceptions import BrokerConnectionError
+from proxystore_stream.exceptions import StreamTimeoutError
+from proxystore_stream.exceptions import SubscriberClosedError
+from proxystore_stream.shims._errors import map_errors
+from proxystore_stream.shims.redis._common import CONNECTION_ERRORS
+from proxystore_stream.shims.redis._common import ERRORS
+from proxystore_stream.shims.redis._common import SLICE_SECONDS
+from proxystore_stream.shims.redis._common import PendingFetch
+from proxystore_stream.shims.redis._common import broker_name
+from proxystore_stream.shims.redis._common import check_message
+from proxystore_stream.shims.redis._common import check_topic
+from proxystore_stream.shims.redis._common import client_kwargs
+from proxystore_stream.shims.redis._common import topic_list
+from proxystore_stream.shims.redis._common import url_arguments
+
+__all__ = [
+    "AsyncRedisPublisher",
+    "AsyncRedisSubscriber",
+    "RedisPublisher",
+    "RedisSubscriber",
+]
+
+# RESP2: redis-py's RESP3 push-message path moves 1 MiB messages ~5x slower.
+PROTOCOL = 2
+_GLOB = frozenset("*?[")
+_DATA = frozenset({"message", "pmessage", b"message", b"pmessage"})
+_CONFIRM = frozenset({"subscribe", "psubscribe", b"subscribe", b"psubscribe"})
+
+
+def _split(topics: list[str], pattern: bool | None) -> tuple[list[str], list[str]]:
+    """Split topics into (channels, patterns)."""
+    if pattern is not None and not isinstance(pattern, bool):
+        raise TypeError(f"pattern must be a bool or None, not {type(pattern).__name__}")
+    if pattern is None:
+        patterns = [t for t in topics if _GLOB.intersection(t)]
+        return [t for t in topics if t not in patterns], patterns
+    return ([], topics) if pattern else (topics, [])
+
+
+def _lost(broker: str) -> BrokerConnectionError:
+    return BrokerConnectionError(
+        "The Redis pub/sub connection was lost, so messages published meanwhile "
+        "are lost. Redis disconnects a subscriber that lags behind "
+        "(client-output-buffer-limit pubsub): send large objects through a "
+        "Store and publish only small events, or consume faster. Create a new "
+        "subscriber to continue",
+        broker=broker,
+    )
+
+
+def _take(message: dict[str, Any] | None, buffer: deque[bytes]) -> int:
+    """Buffer a data message; return 1 for a subscription confirmation."""
+    if message is None:
+        return 0
+    if message["type"] in _DATA:
+        buffer.append(message["data"])
+    return 1 if message["type"] in _CONFIRM else 0
+
+
+def _subscribe_timeout(kwargs: dict[str, Any]) -> float:
+    timeout = kwargs.get("socket_timeout")
+    return float(timeout) if timeout else 10.0
+
+
+class RedisPublisher:
+    """Publisher sending each message with PUBLISH.
+
+    Args:
+        hostname: Redis host.
+        port: Redis port.
+        **kwargs: Passed to `redis.Redis` (``password``, ``username``,
+            ``db``, ``ssl``, ``ssl_ca_certs``, ``socket_timeout``...).
+
+    Raises:
+        TypeError: If `hostname` or `port` has the wrong type.
+    """
+
+    connection_errors = CONNECTION_ERRORS
+
+    def __init__(self, hostname: str, port: int, **kwargs: Any) -> None:
+        options = client_kwargs(hostname, port, kwargs, protocol=PROTOCOL)
+        self._broker = broker_name(hostname, port, options)
+        self._client = redis.Redis(**options)
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Self:
+        """Make a publisher from a ``redis://``, ``rediss://`` or ``unix://`` URL.
+
+        Args:
+            url: Redis URL, e.g. ``redis://user:secret@127.0.0.1:6379/1``.
+            **kwargs: Passed to `redis.Redis`; they win over the URL.
+        """
+        hostname, port, options = url_arguments(url)
+        return cls(hostname, port, **{**options, **kwargs})
+
+    def send(self, topic: str, message: bytes) -> None:
+        """Publish a message to the channel `topic`.
+
+        Raises:
+            TypeError: If `topic` is not a str or `message` not bytes.
+            RuntimeError: If the publisher is closed.
+            BrokerConnectionError: If Redis cannot be reached.
+        """
+        check_topic(topic)
+        check_message(message)
+        if self._closed:
+            raise RuntimeError("RedisPublisher is closed")
+        with map_errors(ERRORS, broker=self._broker):
+            self._client.publish(topic, message)
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._closed = True
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RedisSubscriber:
+    """Subscriber to one or more channels or glob patterns.
+
+    The subscription is confirmed by Redis before the constructor returns,
+    so every message published afterwards is received.
+
+    Args:
+        hostname: Redis host.
+        port: Redis port.
+        topic: Channel or pattern, or a sequence of them.
+        pattern: None detects patterns by their glob characters; True
+            subscribes every topic as a pattern, False every topic as a
+            literal channel.
+        **kwargs: Passed to `redis.Redis` (see `RedisPublisher`).
+
+    Raises:
+        TypeError: If an argument has the wrong type.
+        ValueError: If `topic` is empty.
+        BrokerConnectionError: If Redis cannot be reached.
+    """
+
+    connection_errors = CONNECTION_ERRORS
+
+    def __init__(
+        self,
+        hostname: str,
+        port: int,
+        topic: str | Sequence[str],
+        *,
+        pattern: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._channels, self._patterns = _split(topic_list(topic), pattern)
+        # No reconnect: a reconnected subscriber has silently missed messages.
+        options = client_kwargs(hostname, port, kwargs, protocol=PROTOCOL, retries=0)
+        self._broker = broker_name(hostname, port, options)
+        self._read_timeout: float | None = options["socket_timeout"]
+        self._buffer: deque[bytes] = deque()
+        self._closed = False
+        self._released = False
+        self._lost = False
+        self._lock = threading.RLock()
+        self._client = redis.Redis(**options)
+        self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+        try:
+            with map_errors(ERRORS, broker=self._broker):
+                self._subscribe(_subscribe_timeout(options))
+        except BaseException:
+            self._release()
+            raise
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        topic: str | Sequence[str],
+        *,
+        pattern: bool | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """Make a subscriber from a Redis URL (see `RedisPublisher.from_url`)."""
+        hostname, port, options = url_arguments(url)
+        return cls(hostname, port, topic, pattern=pattern, **{**options, **kwargs})
+
+    def _subscribe(self, timeout: float) -> None:
+        if self._channels:
+            self._pubsub.subscribe(*self._channels)
+        if self._patterns:
+            self._pubsub.psubscribe(*self._patterns)
+        expected = len(self._channels) + len(self._patterns)
+        deadline = time.monotonic() + timeout
+        while expected:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerConnectionError(
+                    f"Redis did not confirm the subscription within {timeout} s",
+                    broker=self._broker,
+                )
+            expected -= _take(self._pubsub.get_message(timeout=remaining), self._buffer)
+        # Registered after the first connect, so it fires on reconnects only.
+        assert self._pubsub.connection is not None
+        self._pubsub.connection.register_connect_callback(self._on_reconnect)
+
+    def _on_reconnect(self, connection: Any) -> None:
+        self._lost = True
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield messages until the subscriber is closed."""
+        while True:
+            try:
+                yield self.receive()
+            except SubscriberClosedError:
+                return
+
+    def receive(self, timeout: float | None = None) -> bytes:
+        """Return the next message, waiting `timeout` seconds at most.
+
+        Raises:
+            StreamTimeoutError: If no message arrived in time.
+            SubscriberClosedError: If the subscriber is (or gets) closed.
+            BrokerConnectionError: If the connection was lost (e.g. Redis
+                disconnected this subscriber for lagging behind).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while not self._closed:
+                if self._buffer:
+                    return self._buffer.popleft()
+                if self._lost:
+                    raise _lost(self._broker)
+                wait = SLICE_SECONDS
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait < 0:
+                        raise StreamTimeoutError(f"No message within {timeout} s")
+                self._read(wait)
+            raise SubscriberClosedError("RedisSubscriber is closed")
+
+    def _read(self, wait: float) -> None:
+        connection = self._pubsub.connection
+        assert connection is not None
+        try:
+            # Wait in a short slice, but read a whole message with the normal
+            # socket timeout: a slice-long read timeout could cut a large
+            # message in half and break the connection.
+            if connection.can_read(timeout=wait):
+                _take(self._pubsub.get_message(timeout=self._read_timeout), self._buffer)
+        except CONNECTION_ERRORS as exc:
+            raise _lost(self._broker) from exc
+
+    def close(self) -> None:
+        """Close the subscriber (idempotent).
+
+        Safe to call from another thread: a blocked `receive` ends within
+        about 0.1 s and the connection is released once it has.
+        """
+        self._closed = True
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._pubsub.close()
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncRedisPublisher:
+    """Async twin of `RedisPublisher` (redis.asyncio); same arguments."""
+
+    connection_errors = CONNECTION_ERRORS
+
+    def __init__(self, hostname: str, port: int, **kwargs: Any) -> None:
+        options = client_kwargs(
+            hostname,
+            port,
+            kwargs,
+            protocol=PROTOCOL,
+            asyncio=True,
+        )
+        self._broker = broker_name(hostname, port, options)
+        self._client = redis.asyncio.Redis(**options)
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Self:
+        """Make a publisher from a Redis URL (see `RedisPublisher.from_url`)."""
+        hostname, port, options = url_arguments(url)
+        return cls(hostname, port, **{**options, **kwargs})
+
+    async def send(self, topic: str, message: bytes) -> None:
+        """Publish a message to the channel `topic` (see `RedisPublisher.send`)."""
+        check_topic(topic)
+        check_message(message)
+        if self._closed:
+            raise RuntimeError("AsyncRedisPublisher is closed")
+        with map_errors(ERRORS, broker=self._broker):
+            await self._client.publish(topic, message)
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._closed = True
+        await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncRedisSubscriber:
+    """Async twin of `RedisSubscriber` (redis.asyncio); same arguments.
+
+    Construct it, then ``await subscriber.open()`` (or ``async with``) so the
+    subscription is confirmed before anything is published; a first
+    `receive` opens it otherwise. One reader task reads the connection;
+    a timed-out or cancelled `receive` leaves it running, and the next call
+    gets its message, so nothing is lost.
+    """
+
+    connection_errors = CONNECTION_ERRORS
+
+    def __init__(
+        self,
+        hostname: str,
+        port: int,
+        topic: str | Sequence[str],
+        *,
+        pattern: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._channels, self._patterns = _split(topic_list(topic), pattern)
+        options = client_kwargs(
+            hostname,
+            port,
+            kwargs,
+            protocol=PROTOCOL,
+            retries=0,
+            asyncio=True,
+        )
+        self._broker = broker_name(hostname, port, options)
+        self._subscribe_timeout = _subscribe_timeout(options)
+        self._buffer: deque[bytes] = deque()
+        self._closed = False
+        self._opened = False
+        self._lost = False
+        self._client = redis.asyncio.Redis(**options)
+        self._pubsub = self._client.pubsub()
+        self._fetch: PendingFetch[bytes] = PendingFetch(self._next_message)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        topic: str | Sequence[str],
+        *,
+        pattern: bool | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """Make a subscriber from a Redis URL (see `RedisPublisher.from_url`)."""
+        hostname, port, options = url_arguments(url)
+        return cls(hostname, port, topic, pattern=pattern, **{**options, **kwargs})
+
+    async def open(self) -> None:
+        """Subscribe and wait for Redis to confirm (idempotent).
+
+        Raises:
+            BrokerConnectionError: If Redis cannot be reached.
+            SubscriberClosedError: If the subscriber is closed.
+        """
+        if self._closed:
+            raise SubscriberClosedError("AsyncRedisSubscriber is closed")
+        if self._opened:
+            return
+        try:
+            with map_errors(ERRORS, broker=self._broker):
+                await self._subscribe()
+        except BaseException:
+            await self.close()
+            raise
+        self._opened = True
+
+    async def _subscribe(self) -> None:
+        if self._channels:
+            await self._pubsub.subscribe(*self._channels)
+        if self._patterns:
+            await self._pubsub.psubscribe(*self._patterns)
+        expected = len(self._channels) + len(self._patterns)
+        deadline = time.monotonic() + self._subscribe_timeout
+        while expected:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerConnectionError(
+                    "Redis did not confirm the subscription within "
+                    f"{self._subscribe_timeout} s",
+                    broker=self._broker,
+                )
+            message = await self._pubsub.get_message(timeout=remaining)
+            expected -= _take(message, self._buffer)
+        assert self._pubsub.connection is not None
+        self._pubsub.connection.register_connect_callback(self._on_reconnect)
+
+    def _on_reconnect(self, connection: Any) -> None:
+        self._lost = True
+
+    async def _next_message(self) -> bytes | None:
+        # Runs as a task that PendingFetch never cancels on a caller's
+        # timeout, so it may block until a message arrives.
+        try:
+            while not self._buffer:
+                message = await self._pubsub.get_message(timeout=None)
+                if self._lost:
+                    raise _lost(self._broker)
+                _take(message, self._buffer)
+        except CONNECTION_ERRORS as exc:
+            raise _lost(self._broker) from exc
+        return self._buffer.popleft()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        """Yield messages until the subscriber is closed."""
+        while True:
+            try:
+                yield await self.receive()
+            except SubscriberClosedError:
+                return
+
+    async def receive(self, timeout: float | None = None) -> bytes:
+        """Return the next message (see `RedisSubscriber.receive`)."""
+        if self._closed:
+            raise SubscriberClosedError("AsyncRedisSubscriber is closed")
+        await self.open()
+        if self._buffer and not self._fetch.busy:
+            return self._buffer.popleft()
+        if self._lost and not self._fetch.busy:
+            raise _lost(self._broker)
+        return await self._fetch(timeout)
+
+    async def close(self) -> None:
+        """Close the subscriber (idempotent); a waiting `receive` ends."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._fetch.cancel()
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,848 @@
+"""Redis Streams shim: XADD to send, consumer groups (XREADGROUP/XACK) to receive.
+
+| property | behaviour |
+| --- | --- |
+| semantics | groups: one consumer of a group gets each message; all groups get it |
+| persistence | in the stream (per Redis RDB/AOF) until trimmed (`maxlen`) or deleted |
+| ordering | per topic (stream), by entry id |
+| no subscriber | kept in the stream; a group made later with `start_id="0"` reads them |
+| acknowledgement | XACK when the next message is asked for or on `ack()`; else pending |
+| max message size | 512 MiB (`proto-max-bulk-len`) |
+
+Each topic is a stream; each message is one entry with a single field
+``data``. A subscriber belongs to a consumer `group` (created on demand
+with MKSTREAM, starting after `start_id`; an existing group keeps its
+position) and reads as a named `consumer`:
+
+- Work queue inside a group, fan-out across groups.
+- Replay: a new group with ``start_id="0"`` reads the whole stream; with an
+  entry id it reads the entries after that id.
+- Acknowledgement: a handed-over message is acknowledged when the next one
+  is asked for, or by `ack()`. `close()` does not acknowledge the last one:
+  it stays pending and may be delivered again.
+- Restart: a subscriber first re-reads its consumer's own pending entries,
+  so a consumer restarted with the same `consumer` name gets the messages it
+  never acknowledged (and those it had prefetched), in order, before new ones.
+- Dead consumers: with `claim_idle_ms`, pending entries of any consumer of
+  the group idle for that long are claimed (XAUTOCLAIM) and delivered here.
+  Choose it longer than a message takes to process, or a slow consumer's
+  message is delivered twice.
+- Trimming: the publisher's `maxlen` caps each stream (``~`` approximate by
+  default, which is much cheaper); trimmed entries still pending are skipped.
+
+Up to `prefetch` entries are read per round trip; they count as pending for
+this consumer from then on (so a restart or a claim delivers them again).
+
+Example:
+    ```python
+    publisher = RedisStreamPublisher("127.0.0.1", 6379, maxlen=100_000)
+    subscriber = RedisStreamSubscriber(
+        "127.0.0.1", 6379, "frames", group="analysis", consumer="worker-1",
+    )
+    publisher.send("frames", b"...")
+    frame = subscriber.receive(timeout=5)
+    ```
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from collections.abc import Iterator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+from typing import Literal
+from typing import Self
+
+from proxystore_stream.exceptions import require
+
+try:
+    import redis
+    import redis.asyncio
+except ImportError as e:  # pragma: no cover - exercised in a subprocess test
+    require(__name__, "redis", "redis", e)
+
+from proxystore_stream.exceptions import StreamTimeoutError
+from proxystore_stream.exceptions import SubscriberClosedError
+from proxystore_stream.shims._errors import map_errors
+from proxystore_stream.shims.redis._common import CONNECTION_ERRORS
+from proxystore_stream.shims.redis._common import ERRORS
+from proxystore_stream.shims.redis._common import SLICE_SECONDS
+from proxystore_stream.shims.redis._common import PendingFetch
+from proxystore_stream.shims.redis._common import broker_name
+from proxystore_stream.shims.redis._common import check_message
+from proxystore_stream.shims.redis._common import check_topic
+from proxystore_stream.shims.redis._common import client_kwargs
+from proxystore_stream.shims.redis._common import topic_list
+from proxystore_stream.shims.redis._common import url_arguments
+
+__all__ = [
+    "AsyncRedisStreamPublisher",
+    "AsyncRedisStreamSubscriber",
+    "RedisStreamPublisher",
+    "RedisStreamSubscriber",
+]
+
+# RESP2: no faster or slower than RESP3 for XADD/XREADGROUP in our
+# measurements, and its reply shapes are the older, stabler ones.
+PROTOCOL = 2
+FIELD = b"data"
+DEFAULT_PREFETCH = 16
+
+Entry = tuple[str, bytes, bytes]
+"""(stream, entry id, message) of an entry read from Redis."""
+
+
+def _check_positive(value: int | None, name: str, *, optional: bool) -> int | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, not {value}")
+    return value
+
+
+def _check_name(value: str, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must not be empty")
+    return value
+
+
+def _default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _stream_replies(reply: Any) -> list[tuple[str, list[Any]]]:
+    """Normalise an XREADGROUP reply (RESP2 list or RESP3 map) to (stream, entries)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [(_text(name), value[0] if value else []) for name, value in reply.items()]
+    return [(_text(name), entries) for name, entries in reply]
+
+
+def _is_busygroup(exc: Exception) -> bool:
+    return str(exc).startswith("BUSYGROUP")
+
+
+def _is_nogroup(exc: Exception) -> bool:
+    return str(exc).startswith("NOGROUP")
+
+
+Step = Literal["history", "claim", "new"]
+
+
+@dataclass
+class _GroupReader:
+    """What a stream subscriber knows and decides; the twins only do the I/O.
+
+    Entries move buffer -> handed (returned to the caller) -> acknowledged.
+    `held` has the ids of every entry in the buffer or handed, so a claim
+    never delivers again an entry this consumer already holds.
+    """
+
+    topics: list[str]
+    prefetch: int
+    claim_idle_ms: int | None
+    buffer: deque[Entry] = field(default_factory=deque)
+    handed: list[tuple[str, bytes]] = field(default_factory=list)
+    # Entries deleted (trimmed) while pending: acknowledged, never handed.
+    dead: list[tuple[str, bytes]] = field(default_factory=list)
+    held: set[tuple[str, bytes]] = field(default_factory=set)
+    # Streams whose own pending entries are still being re-read, with the
+    # last id read; a stream leaves when its pending entries run out.
+    history: dict[str, bytes | str] = field(default_factory=dict)
+    claim_cursor: dict[str, bytes | str] = field(default_factory=dict)
+    next_claim: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.history = dict.fromkeys(self.topics, "0")
+        self.claim_cursor = dict.fromkeys(self.topics, "0-0")
+
+    @property
+    def claim_interval(self) -> float:
+        assert self.claim_idle_ms is not None
+        return max(SLICE_SECONDS, min(10.0, self.claim_idle_ms / 2000))
+
+    def step(self, now: float) -> Step:
+        """Decide the next read: own pending, a claim round, or new entries."""
+        if self.history:
+            return "history"
+        if self.claim_idle_ms is not None and now >= self.next_claim:
+            return "claim"
+        return "new"
+
+    def _add(self, stream: str, entries: list[Any]) -> None:
+        for entry_id, fields in entries:
+            key = (stream, entry_id)
+            if key in self.held:
+                continue
+            data = fields.get(FIELD) if fields else None
+            if data is None:
+                self.dead.append(key)
+                continue
+            self.held.add(key)
+            self.buffer.append((stream, entry_id, data))
+
+    def take_history(self, reply: Any) -> None:
+        """Take a reply to XREADGROUP of this consumer's own pending entries."""
+        got = dict(_stream_replies(reply))
+        for stream in list(self.history):
+            entries = got.get(stream) or []
+            if entries:
+                self.history[stream] = entries[-1][0]
+                self._add(stream, entries)
+            else:
+                del self.history[stream]
+
+    def take_new(self, reply: Any) -> None:
+        """Take a reply to XREADGROUP ... > (new entries)."""
+        for stream, entries in _stream_replies(reply):
+            self._add(stream, entries)
+
+    def take_claims(self, replies: list[Any], now: float) -> None:
+        """Take the XAUTOCLAIM replies of every topic, in topic order."""
+        more = False
+        for stream, reply in zip(self.topics, replies, strict=True):
+            cursor, entries = reply[0], reply[1]
+            self.claim_cursor[stream] = cursor
+            more = more or _text(cursor) != "0-0"
+            self._add(stream, entries)
+        self.next_claim = now if more else now + self.claim_interval
+
+    def pop(self) -> Entry | None:
+        """Take the next buffered entry (call `hand` once it is returned)."""
+        return self.buffer.popleft() if self.buffer else None
+
+    def hand(self, entry: Entry) -> bytes:
+        """Record an entry as handed to the caller and return its message."""
+        self.handed.append((entry[0], entry[1]))
+        return entry[2]
+
+    def take_acks(self) -> dict[str, list[bytes]]:
+        """Return the ids to acknowledge per stream (handed and dead ones)."""
+        acks: dict[str, list[bytes]] = {}
+        for key in self.handed + self.dead:
+            self.held.discard(key)
+            acks.setdefault(key[0], []).append(key[1])
+        self.handed.clear()
+        self.dead.clear()
+        return acks
+
+    def read_arguments(self, step: Step) -> dict[str, Any]:
+        """Return the `streams` mapping of XREADGROUP for `step`."""
+        if step == "history":
+            return dict(self.history)
+        return dict.fromkeys(self.topics, ">")
+
+
+def _group_error(topic: str, exc: Exception) -> Exception:
+    if str(exc).startswith("WRONGTYPE"):
+        return ValueError(f"topic {topic!r} is a Redis key that is not a stream")
+    return exc
+
+
+class RedisStreamPublisher:
+    """Publisher appending each message to the stream `topic` (XADD).
+
+    Args:
+        hostname: Redis host.
+        port: Redis port.
+        maxlen: Trim each stream to about this many entries (None: never).
+        approximate: Trim with ``~`` (whole macro nodes: much cheaper, may
+            keep a few more entries than `maxlen`).
+        **kwargs: Passed to `redis.Redis` (``password``, ``db``, ``ssl``...).
+
+    Raises:
+        TypeError: If an argument has the wrong type.
+        ValueError: If `maxlen` is < 1.
+    """
+
+    connection_errors = CONNECTION_ERRORS
+
+    def __init__(
+        self,
+        hostname: str,
+        port: int,
+        *,
+        maxlen: int | None = None,
+        approximate: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self._maxlen = _check_positive(maxlen, "maxlen", optional=True)
+        self._approximate = bool(approximate)
+        options = client_kwargs(hostname, port, kwargs, protocol=PROTOCOL)
+        self._broker = broker_name(hostname, port, options)
+        self._client = redis.Redis(**options)
+        self._closed = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        maxlen: int | None = None,
+        approximate: bool = True,
+        **kwargs: Any,
+    ) -> Self:
+        """Make a publisher from a ``redis://``, ``rediss://`` or ``unix://`` URL.
+
+        Args:
+            url: Redis URL, e.g. ``redis://user:secret@127.0.0.1:6379/1``.
+            maxlen: See the class.
+            approximate: See the class.
+            **kwargs: Passed to `redis.Redis`; they win over the URL.
+        """
+        hostname, port, options = url_arguments(url)
+        return cls(
+            hostname,
+            port,
+            maxlen=maxlen,
+            approximate=approximate,
+            **{**options, **kwargs},
+        )
+
+    def send(self, topic: str, message: bytes) -> None:
+        """Append a message to the stream `topic`.
+
+        Raises:
+            TypeError: If `topic` is not a str or `message` not bytes.
+            RuntimeError: If the publisher is closed.
+            BrokerConnectionError: If Redis cannot be reached.
+        """
+        check_topic(topic)
+        check_message(message)
+        if self._closed:
+            raise RuntimeError("RedisStreamPublisher is closed")
+        with map_errors(ERRORS, broker=self._broker):
+            self._client.xadd(
+                topic,
+                {FIELD: message},
+                maxlen=self._maxlen,
+                approximate=self._approximate,
+            )
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._closed = True
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RedisStreamSubscriber:
+    """Subscriber reading streams as one consumer of a consumer group.
+
+    Args:
+        hostname: Redis host.
+        port: Redis port.
+        topic: Stream name, or a sequence of them.
+        group: Consumer group; created on each stream if missing.
+        consumer: This consumer's name in the group. Reuse a name to get its
+            unacknowledged messages after a restart; None makes a unique one.
+        start_id: Where a group created here starts: ``"0"`` (the whole
+            stream), ``"$"`` (only new entries) or an entry id (the entries
+            after it). Ignored for a group that exists already.
+        claim_idle_ms: Claim other consumers' pending entries idle at least
+            this long (None: never).
+        prefetch: Entries read per round trip at most.
+        **kwargs: Passed to `redis.Redis` (see `RedisStreamPublisher`).
+
+    Raises:
+        TypeError: If an argument has the wrong type.
+        ValueError: If an argument is out of range, or a topic is a Redis
+            key that is not a stream.
+        BrokerConnectionError: If Redis cannot be reached.
+    """
+
+    connection_errors = CONNECTION_ERRORS
+
+    def __init__(
+        self,
+        hostname: str,
+        port: int,
+        topic: str | Sequence[str],
+        *,
+        group: str,
+        consumer: str | None = None,
+        start_id: str = "0",
+        claim_idle_ms: int | None = None,
+        prefetch: int = DEFAULT_PREFETCH,
+        **kwargs: Any,
+    ) -> None:
+        self._group = _check_name(group, "group")
+        self._consumer = _check_name(
+            _default_consumer() if consumer is None else consumer,
+            "consumer",
+        )
+        self._start_id = _check_name(start_id, "start_id")
+        self._reader = _GroupReader(
+            topics=topic_list(topic),
+            prefetch=_check_positive(prefetch, "prefetch", optional=False) or 1,
+            claim_idle_ms=_check_positive(claim_idle_ms, "claim_idle_ms", optional=True),
+        )
+        options = client_kwargs(hostname, port, kwargs, protocol=PROTOCOL)
+        self._broker = broker_name(hostname, port, options)
+        self._closed = False
+        self._released = False
+        self._lock = threading.RLock()
+        self._client = redis.Redis(**options)
+        try:
+            with map_errors(ERRORS, broker=self._broker):
+                self._create_groups()
+        except BaseException:
+            self._release()
+            raise
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        topic: str | Sequence[str],
+        *,
+        group: str,
+        consumer: str | None = None,
+        start_id: str = "0",
+        claim_idle_ms: int | None = None,
+        prefetch: int = DEFAULT_PREFETCH,
+        **kwargs: Any,
+    ) -> Self:
+        """Make a subscriber from a Redis URL (see `RedisStreamPublisher.from_url`)."""
+        hostname, port, options = url_arguments(url)
+        return cls(
+            hostname,
+            port,
+            topic,
+            group=group,
+            consumer=consumer,
+            start_id=start_id,
+            claim_idle_ms=claim_idle_ms,
+            prefetch=prefetch,
+            **{**options, **kwargs},
+        )
+
+    @property
+    def consumer(self) -> str:
+        """This subscriber's consumer name in its group."""
+        return self._consumer
+
+    def _create_groups(self) -> None:
+        for topic in self._reader.topics:
+            try:
+                self._client.xgroup_create(
+                    topic,
+                    self._group,
+                    self._start_id,
+                    mkstream=True,
+                )
+            except redis.ResponseError as exc:
+                if not _is_busygroup(exc):
+                    raise _group_error(topic, exc) from exc
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield messages until the subscriber is closed."""
+        while True:
+            try:
+                yield self.receive()
+            except SubscriberClosedError:
+                return
+
+    def receive(self, timeout: float | None = None) -> bytes:
+        """Acknowledge the previous message and return the next one.
+
+        Raises:
+            StreamTimeoutError: If no message arrived in time.
+            SubscriberClosedError: If the subscriber is (or gets) closed.
+            BrokerConnectionError: If Redis cannot be reached.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock, map_errors(ERRORS, broker=self._broker):
+            if self._closed:
+                raise SubscriberClosedError("RedisStreamSubscriber is closed")
+            self._ack()
+            while not self._closed:
+                entry = self._reader.pop()
+                if entry is not None:
+                    return self._reader.hand(entry)
+                wait = SLICE_SECONDS
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        raise StreamTimeoutError(f"No message within {timeout} s")
+                self._fill(wait)
+            raise SubscriberClosedError("RedisStreamSubscriber is closed")
+
+    def _fill(self, wait: float) -> None:
+        reader = self._reader
+        step = reader.step(time.monotonic())
+        try:
+            if step == "claim":
+                pipe = self._client.pipeline(transaction=False)
+                for topic in reader.topics:
+                    pipe.xautoclaim(
+                        topic,
+                        self._group,
+                        self._consumer,
+                        reader.claim_idle_ms or 0,
+                        reader.claim_cursor[topic],
+                        count=reader.prefetch,
+                    )
+                reader.take_claims(pipe.execute(), time.monotonic())
+                return
+            reply = self._client.xreadgroup(
+                self._group,
+                self._consumer,
+                reader.read_arguments(step),  # type: ignore[arg-type]
+                count=reader.prefetch,
+                block=None if step == "history" else max(1, int(wait * 1000)),
+            )
+        except redis.ResponseError as exc:
+            if not _is_nogroup(exc):
+                raise
+            # The stream or group was deleted under us: start it again.
+            self._create_groups()
+            return
+        if step == "history":
+            reader.take_history(reply)
+        else:
+            reader.take_new(reply)
+
+    def _ack(self) -> None:
+        for stream, ids in self._reader.take_acks().items():
+            self._client.xack(stream, self._group, *ids)
+
+    def ack(self) -> None:
+        """Acknowledge every message handed over so far.
+
+        Raises:
+            BrokerConnectionError: If Redis cannot be reached.
+        """
+        with self._lock, map_errors(ERRORS, broker=self._broker):
+            if not self._released:
+                self._ack()
+
+    def close(self) -> None:
+        """Close the subscriber (idempotent) without acknowledging.
+
+        The last message handed over (and any prefetched ones) stay pending
+        for this consumer. Safe to call from another thread: a blocked
+        `receive` ends within about 0.1 s.
+        """
+        self._closed = True
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncRedisStreamPublisher:
+    """Async twin of `RedisStreamPublisher` (redis.asyncio); same arguments."""
+
+    connection_errors = CONNECTION_ERRORS
+
+    def __init__(
+        self,
+        hostname: str,
+        port: int,
+        *,
+        maxlen: int | None = None,
+        approximate: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self._maxlen = _check_positive(maxlen, "maxlen", optional=True)
+        self._approximate = bool(approximate)
+        options = client_kwargs(
+            hostname,
+            port,
+            kwargs,
+            protocol=PROTOCOL,
+            asyncio=True,
+        )
+        self._broker = broker_name(hostname, port, options)
+        self._client = redis.asyncio.Redis(**options)
+        self._closed = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        maxlen: int | None = None,
+        approximate: bool = True,
+        **kwargs: Any,
+    ) -> Self:
+        """Make a publisher from a Redis URL (see `RedisStreamPublisher.from_url`)."""
+        hostname, port, options = url_arguments(url)
+        return cls(
+            hostname,
+            port,
+            maxlen=maxlen,
+            approximate=approximate,
+            **{**options, **kwargs},
+        )
+
+    async def send(self, topic: str, message: bytes) -> None:
+        """Append a message to the stream (see `RedisStreamPublisher.send`)."""
+        check_topic(topic)
+        check_message(message)
+        if self._closed:
+            raise RuntimeError("AsyncRedisStreamPublisher is closed")
+        with map_errors(ERRORS, broker=self._broker):
+            await self._client.xadd(
+                topic,
+                {FIELD: message},
+                maxlen=self._maxlen,
+                approximate=self._approximate,
+            )
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._closed = True
+        await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncRedisStreamSubscriber:
+    """Async twin of `RedisStreamSubscriber` (redis.asyncio); same arguments.
+
+    Construct it, then ``await subscriber.open()`` (or ``async with``) to
+    create the groups; a first `receive` opens it otherwise. Reads run in a
+    task that a timed-out or cancelled `receive` leaves running; the next
+    call gets its message (entries it read stay pending in Redis anyway).
+    """
+
+    connection_errors = CONNECTION_ERRORS
+
+    def __init__(
+        self,
+        hostname: str,
+        port: int,
+        topic: str | Sequence[str],
+        *,
+        group: str,
+        consumer: str | None = None,
+        start_id: str = "0",
+        claim_idle_ms: int | None = None,
+        prefetch: int = DEFAULT_PREFETCH,
+        **kwargs: Any,
+    ) -> None:
+        self._group = _check_name(group, "group")
+        self._consumer = _check_name(
+            _default_consumer() if consumer is None else consumer,
+            "consumer",
+        )
+        self._start_id = _check_name(start_id, "start_id")
+        self._reader = _GroupReader(
+            topics=topic_list(topic),
+            prefetch=_check_positive(prefetch, "prefetch", optional=False) or 1,
+            claim_idle_ms=_check_positive(claim_idle_ms, "claim_idle_ms", optional=True),
+        )
+        options = client_kwargs(
+            hostname,
+            port,
+            kwargs,
+            protocol=PROTOCOL,
+            asyncio=True,
+        )
+        self._broker = broker_name(hostname, port, options)
+        self._closed = False
+        self._opened = False
+        self._client = redis.asyncio.Redis(**options)
+        self._fetch: PendingFetch[Entry] = PendingFetch(self._next_entry)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        topic: str | Sequence[str],
+        *,
+        group: str,
+        consumer: str | None = None,
+        start_id: str = "0",
+        claim_idle_ms: int | None = None,
+        prefetch: int = DEFAULT_PREFETCH,
+        **kwargs: Any,
+    ) -> Self:
+        """Make a subscriber from a Redis URL (see `RedisStreamPublisher.from_url`)."""
+        hostname, port, options = url_arguments(url)
+        return cls(
+            hostname,
+            port,
+            topic,
+            group=group,
+            consumer=consumer,
+            start_id=start_id,
+            claim_idle_ms=claim_idle_ms,
+            prefetch=prefetch,
+            **{**options, **kwargs},
+        )
+
+    @property
+    def consumer(self) -> str:
+        """This subscriber's consumer name in its group."""
+        return self._consumer
+
+    async def open(self) -> None:
+        """Create the consumer groups that are missing (idempotent).
+
+        Raises:
+            BrokerConnectionError: If Redis cannot be reached.
+            SubscriberClosedError: If the subscriber is closed.
+        """
+        if self._closed:
+            raise SubscriberClosedError("AsyncRedisStreamSubscriber is closed")
+        if self._opened:
+            return
+        try:
+            with map_errors(ERRORS, broker=self._broker):
+                await self._create_groups()
+        except BaseException:
+            await self.close()
+            raise
+        self._opened = True
+
+    async def _create_groups(self) -> None:
+        for topic in self._reader.topics:
+            try:
+                await self._client.xgroup_create(
+                    topic,
+                    self._group,
+                    self._start_id,
+                    mkstream=True,
+                )
+            except redis.ResponseError as exc:
+                if not _is_busygroup(exc):
+                    raise _group_error(topic, exc) from exc
+
+    async def _next_entry(self) -> Entry | None:
+        if self._closed:
+            raise SubscriberClosedError("AsyncRedisStreamSubscriber is closed")
+        with map_errors(ERRORS, broker=self._broker):
+            entry = self._reader.pop()
+            if entry is None:
+                await self._fill(SLICE_SECONDS)
+                entry = self._reader.pop()
+        return entry
+
+    async def _fill(self, wait: float) -> None:
+        reader = self._reader
+        step = reader.step(time.monotonic())
+        try:
+            if step == "claim":
+                pipe = self._client.pipeline(transaction=False)
+                for topic in reader.topics:
+                    pipe.xautoclaim(
+                        topic,
+                        self._group,
+                        self._consumer,
+                        reader.claim_idle_ms or 0,
+                        reader.claim_cursor[topic],
+                        count=reader.prefetch,
+                    )
+                reader.take_claims(await pipe.execute(), time.monotonic())
+                return
+            reply = await self._client.xreadgroup(
+                self._group,
+                self._consumer,
+                reader.read_arguments(step),  # type: ignore[arg-type]
+                count=reader.prefetch,
+                block=None if step == "history" else max(1, int(wait * 1000)),
+            )
+        except redis.ResponseError as exc:
+            if not _is_nogroup(exc):
+                raise
+            await self._create_groups()
+            return
+        if step == "history":
+            reader.take_history(reply)
+        else:
+            reader.take_new(reply)
+
+    async def _ack(self) -> None:
+        for stream, ids in self._reader.take_acks().items():
+            await self._client.xack(stream, self._group, *ids)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        """Yield messages until the subscriber is closed."""
+        while True:
+            try:
+                yield await self.receive()
+            except SubscriberClosedError:
+                return
+
+    async def receive(self, timeout: float | None = None) -> bytes:
+        """Acknowledge the previous message and return the next one.
+
+        See `RedisStreamSubscriber.receive`.
+        """
+        if self._closed:
+            raise SubscriberClosedError("AsyncRedisStreamSubscriber is closed")
+        await self.open()
+        with map_errors(ERRORS, broker=self._broker):
+            await self._ack()
+        return self._reader.hand(await self._fetch(timeout))
+
+    async def ack(self) -> None:
+        """Acknowledge every message handed over so far.
+
+        Raises:
+            BrokerConnectionError: If Redis cannot be reached.
+        """
+        if self._closed:
+            return
+        with map_errors(ERRORS, broker=self._broker):
+            await self._ack()
+
+    async def close(self) -> None:
+        """Close the subscriber (idempotent) without acknowledging.
+
+        The last message handed over (and any prefetched ones) stay pending
+        for this consumer.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            # Whatever a read under way returns stays pending in Redis.
+            await self._fetch.settle()
+        finally:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
