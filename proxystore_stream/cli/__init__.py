@@ -1,0 +1,253 @@
+"""The ``proxystore-stream`` command line: ``demo`` and ``bench``.
+
+Exit codes: 0 success, 1 a check failed (a demo object did not verify, a
+bench run errored), 2 a usage error (unknown shim, missing extra, bad
+argument). Usage errors print one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.markup import escape
+
+from proxystore_stream.exceptions import MissingDependencyError
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _size_list(text: str) -> list[int]:
+    from proxystore_stream.cli.bench import parse_sizes
+
+    try:
+        sizes = parse_sizes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not sizes:
+        raise argparse.ArgumentTypeError("give at least one size")
+    return sizes
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``proxystore-stream``."""
+    from proxystore_stream.cli.bench import DEFAULT_SIZES
+    from proxystore_stream.cli.bench import STORES
+    from proxystore_stream.cli.targets import TARGETS
+
+    parser = argparse.ArgumentParser(
+        prog="proxystore-stream",
+        description="Stream Python objects between processes through message brokers.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="stream a few hundred MB producer -> consumer -> worker (no broker)",
+        description=(
+            "Stream array-like objects from a producer process through the "
+            "multiprocessing-queue shim and a file store to a consumer process, "
+            "which forwards the unresolved proxies to a worker process that "
+            "resolves and verifies them."
+        ),
+    )
+    demo.add_argument(
+        "--size-mb",
+        type=_positive_float,
+        default=300.0,
+        help="total MB to stream (default: 300)",
+    )
+    demo.add_argument(
+        "--object-mb",
+        type=_positive_float,
+        default=10.0,
+        help="MB per object (default: 10)",
+    )
+    demo.add_argument(
+        "--shim",
+        default="queue",
+        help=(
+            "broker shim; only 'queue' crosses processes ('local' is in-process "
+            "only: try it with `bench --shim local`)"
+        ),
+    )
+    demo.add_argument(
+        "--dir", default=None, help="where the file store writes (default: a temp dir)"
+    )
+
+    bench = commands.add_parser(
+        "bench",
+        help="throughput and latency of our path vs the bare transport",
+        description=(
+            "For each payload size, time StreamProducer -> StreamConsumer over a "
+            "shim against the broker's own client doing the same work, in the "
+            "same run."
+        ),
+    )
+    bench.add_argument(
+        "--shim",
+        default="queue",
+        help=f"shim to measure (default: queue; known: {', '.join(sorted(TARGETS))})",
+    )
+    bench.add_argument(
+        "--sizes",
+        type=_size_list,
+        default=_size_list(DEFAULT_SIZES),
+        help=f"comma-separated payload sizes (default: {DEFAULT_SIZES})",
+    )
+    bench.add_argument(
+        "--count",
+        type=_positive_int,
+        default=None,
+        help="messages per size (default: ~200 MB per size, at most 20,000)",
+    )
+    bench.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=1,
+        help="objects per message on our path (default: 1)",
+    )
+    bench.add_argument(
+        "--store",
+        choices=STORES,
+        default="none",
+        help="none (inline), file, memory or redis (default: none)",
+    )
+    bench.add_argument(
+        "--async",
+        dest="use_async",
+        action="store_true",
+        help="drive our path with AsyncStreamProducer/AsyncStreamConsumer",
+    )
+    bench.add_argument(
+        "--topics",
+        type=_positive_int,
+        default=1,
+        help="also run K topics concurrently in one process (K threads or tasks)",
+    )
+    bench.add_argument(
+        "--seconds-limit",
+        type=_positive_float,
+        default=10.0,
+        help="seconds each measurement may send for at most (default: 10)",
+    )
+    bench.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=3,
+        help="rounds per size, paths alternating; the fastest round is kept (default: 3)",
+    )
+    bench.add_argument("--dir", default=None, help="where file stores write (default: a temp dir)")
+    bench.add_argument("--json", default=None, metavar="PATH", help="also write results as JSON")
+    return parser
+
+
+def _demo(args: argparse.Namespace, console: Console, errors: Console) -> int:
+    from proxystore_stream.cli.demo import DemoConfig
+    from proxystore_stream.cli.demo import DemoError
+    from proxystore_stream.cli.demo import run_demo
+
+    try:
+        config = DemoConfig(
+            size_mb=args.size_mb,
+            object_mb=args.object_mb,
+            shim=args.shim,
+            directory=args.dir,
+        )
+        ok = run_demo(config, console)
+    except DemoError as exc:
+        errors.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        return EXIT_USAGE
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _bench(args: argparse.Namespace, console: Console, errors: Console) -> int:
+    from proxystore_stream.cli.bench import BenchConfig
+    from proxystore_stream.cli.bench import BenchError
+    from proxystore_stream.cli.bench import results_table
+    from proxystore_stream.cli.bench import run_bench
+    from proxystore_stream.cli.bench import write_json
+
+    config = BenchConfig(
+        shim=args.shim,
+        sizes=args.sizes,
+        count=args.count,
+        batch_size=args.batch_size,
+        store=args.store,
+        use_async=args.use_async,
+        topics=args.topics,
+        seconds_limit=args.seconds_limit,
+        directory=args.dir,
+        repeat=args.repeat,
+    )
+    try:
+        results = run_bench(config, console)
+    except BenchError as exc:
+        errors.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        return EXIT_USAGE
+    console.print(results_table(config, results))
+    if args.json:
+        write_json(args.json, config, results)
+        console.print(f"results written to {args.json}", highlight=False)
+    failed = [r for r in results if r.error]
+    for result in failed:
+        console.print(
+            f"[red]failed:[/red] {result.label} at {result.size} B: {result.error}",
+            highlight=False,
+        )
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``proxystore-stream`` with `argv` (default: the process arguments).
+
+    Returns:
+        The exit code: 0 success, 1 a check failed, 2 a usage error.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console()
+    if not console.is_terminal:
+        # Piped or captured: room for the whole table on one line per row.
+        console = Console(width=max(console.width, 120))
+    errors = Console(stderr=True)
+    try:
+        if args.command == "demo":
+            return _demo(args, console, errors)
+        return _bench(args, console, errors)
+    except MissingDependencyError as exc:
+        errors.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        errors.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
