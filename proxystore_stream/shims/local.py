@@ -163,10 +163,6 @@ class _Buffer:
             writers.wake_one()
         return message
 
-    def take_nowait(self) -> bytes | None:
-        with self.lock:
-            return self._take()
-
     def close(self) -> None:
         with self.lock:
             self.closed = True
@@ -271,13 +267,15 @@ def _check_send(topic: str, message: bytes) -> bytes:
     raise TypeError(f"message must be bytes, not {type(message).__name__}")
 
 
-def _offer_all(subscribers: tuple[_Buffer, ...], message: bytes) -> list[_Buffer]:
+def _offer_all(subscribers: tuple[_Buffer, ...], message: bytes) -> list[_Buffer] | None:
     """Offer a message to every subscriber and return the full (block policy) ones."""
-    full = []
+    full = None
     for buffer in subscribers:
         with buffer.lock:
             if buffer._offer(message):
                 continue
+        if full is None:
+            full = []
         full.append(buffer)
     return full
 
@@ -404,7 +402,8 @@ class LocalPublisher:
         """
         if self._closed:
             raise ValueError("LocalPublisher is closed")
-        message = _check_send(topic, message)
+        if type(message) is not bytes or type(topic) is not str:
+            message = _check_send(topic, message)
         subscribers = self._broker._topics.get(topic)
         if not subscribers:
             return
@@ -492,7 +491,8 @@ class LocalSubscriber:
             SubscriberClosedError: If the subscriber is (or gets) closed.
         """
         buffer = self._buffer
-        message = buffer.take_nowait()
+        with buffer.lock:
+            message = buffer._take()
         if message is not None:
             return message
         timeout = _check_timeout(timeout)
@@ -538,7 +538,8 @@ class AsyncLocalPublisher:
         """
         if self._closed:
             raise ValueError("AsyncLocalPublisher is closed")
-        message = _check_send(topic, message)
+        if type(message) is not bytes or type(topic) is not str:
+            message = _check_send(topic, message)
         subscribers = self._broker._topics.get(topic)
         if not subscribers:
             return
@@ -608,7 +609,8 @@ class AsyncLocalSubscriber:
     async def receive(self, timeout: float | None = None) -> bytes:
         """Return the next message (see `LocalSubscriber.receive`)."""
         buffer = self._buffer
-        message = buffer.take_nowait()
+        with buffer.lock:
+            message = buffer._take()
         if message is not None:
             return message
         timeout = _check_timeout(timeout)
