@@ -192,7 +192,22 @@ def _compare(name: str, size: int, count: int) -> tuple[float, float]:
         theirs = _time(bare.send, bare.flush, bare.receive, payload, count)
     finally:
         bare.close()
+        _delete(name, [topic, topic + "-bare"])
     return count / ours, count / theirs
+
+
+def _delete(name: str, topics: list[str]) -> None:
+    """Delete the exchanges or queues a timing run declared."""
+    connection = pika.BlockingConnection(pika.URLParameters(_url()))
+    try:
+        channel = connection.channel()
+        for topic in topics:
+            if _mode(name) == "queue":
+                channel.queue_delete(DEFAULT_PREFIX + topic)
+            else:
+                channel.exchange_delete(DEFAULT_PREFIX + topic)
+    finally:
+        connection.close()
 
 
 if __name__ == "__main__":
