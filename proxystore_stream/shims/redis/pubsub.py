@@ -261,6 +261,15 @@ class RedisSubscriber:
     def _on_reconnect(self, connection: Any) -> None:
         self._lost = True
 
+    def open(self) -> None:
+        """Do nothing: the constructor already connected (parity with the async twin).
+
+        Raises:
+            SubscriberClosedError: If the subscriber is closed.
+        """
+        if self._closed:
+            raise SubscriberClosedError("RedisSubscriber is closed")
+
     def __iter__(self) -> Iterator[bytes]:
         """Yield messages until the subscriber is closed."""
         while True:
@@ -301,7 +310,7 @@ class RedisSubscriber:
             # socket timeout: a slice-long read timeout could cut a large
             # message in half and break the connection.
             if connection.can_read(timeout=wait):
-                _take(self._pubsub.get_message(timeout=self._read_timeout), self._buffer)
+                _take(self._pubsub.get_message(timeout=None), self._buffer)
         except CONNECTION_ERRORS as exc:
             raise _lost(self._broker) from exc
 

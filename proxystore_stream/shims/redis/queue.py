@@ -199,6 +199,15 @@ class RedisQueueSubscriber:
         hostname, port, options = url_arguments(url)
         return cls(hostname, port, topic, timeout=timeout, **{**options, **kwargs})
 
+    def open(self) -> None:
+        """Do nothing: the constructor already connected (parity with the async twin).
+
+        Raises:
+            SubscriberClosedError: If the subscriber is closed.
+        """
+        if self._closed:
+            raise SubscriberClosedError("RedisQueueSubscriber is closed")
+
     def __iter__(self) -> Iterator[bytes]:
         """Yield messages until the subscriber is closed."""
         while True:

@@ -457,6 +457,15 @@ class RedisStreamSubscriber:
                 if not _is_busygroup(exc):
                     raise _group_error(topic, exc) from exc
 
+    def open(self) -> None:
+        """Do nothing: the constructor already connected (parity with the async twin).
+
+        Raises:
+            SubscriberClosedError: If the subscriber is closed.
+        """
+        if self._closed:
+            raise SubscriberClosedError("RedisStreamSubscriber is closed")
+
     def __iter__(self) -> Iterator[bytes]:
         """Yield messages until the subscriber is closed."""
         while True:
