@@ -1,0 +1,614 @@
+"""Redis-specific behaviour: patterns, Streams groups and acks, lag, pass-through."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from proxystore_stream.exceptions import BrokerConnectionError
+from proxystore_stream.exceptions import StreamTimeoutError
+from proxystore_stream.exceptions import SubscriberClosedError
+from tests.conftest import REQUIRE_BROKERS
+from tests.conftest import free_port
+from tests.conftest import port_open
+from tests.conftest import require_broker
+
+redis = pytest.importorskip("redis")
+
+from proxystore_stream.shims.redis import AsyncRedisQueueSubscriber  # noqa: E402
+from proxystore_stream.shims.redis import AsyncRedisStreamSubscriber  # noqa: E402
+from proxystore_stream.shims.redis import AsyncRedisSubscriber  # noqa: E402
+from proxystore_stream.shims.redis import RedisPublisher  # noqa: E402
+from proxystore_stream.shims.redis import RedisQueuePublisher  # noqa: E402
+from proxystore_stream.shims.redis import RedisQueueSubscriber  # noqa: E402
+from proxystore_stream.shims.redis import RedisStreamPublisher  # noqa: E402
+from proxystore_stream.shims.redis import RedisStreamSubscriber  # noqa: E402
+from proxystore_stream.shims.redis import RedisSubscriber  # noqa: E402
+from proxystore_stream.shims.redis._common import url_arguments  # noqa: E402
+
+HOST, PORT = "127.0.0.1", 6379
+MiB = 1024 * 1024
+
+
+def name() -> str:
+    return f"pss-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def raw() -> Iterator[Any]:
+    require_broker("Redis", HOST, PORT)
+    client = redis.Redis(HOST, PORT)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def topic(raw: Any) -> Iterator[str]:
+    made = name()
+    yield made
+    raw.delete(made)
+
+
+def pending(raw: Any, topic: str, group: str) -> int:
+    return int(raw.xpending(topic, group)["pending"])
+
+
+# --- pub/sub -----------------------------------------------------------------
+
+
+def test_glob_patterns_are_detected_and_can_be_forced_off(raw: Any) -> None:
+    base = name()
+    with (
+        RedisPublisher(HOST, PORT) as pub,
+        RedisSubscriber(HOST, PORT, f"{base}.*") as globbed,
+        RedisSubscriber(HOST, PORT, f"{base}.*", pattern=False) as literal,
+        RedisSubscriber(HOST, PORT, [f"{base}.a"], pattern=True) as forced,
+    ):
+        pub.send(f"{base}.a", b"a")
+        pub.send(f"{base}x", b"not matched: the dot is literal")
+        pub.send(f"{base}.b", b"b")
+        pub.send(f"{base}.*", b"star")
+        assert [globbed.receive(5) for _ in range(3)] == [b"a", b"b", b"star"]
+        assert literal.receive(5) == b"star"
+        assert forced.receive(5) == b"a"
+        for sub in (globbed, literal, forced):
+            with pytest.raises(StreamTimeoutError):
+                sub.receive(0.2)
+
+
+def test_channel_and_pattern_in_one_subscriber(raw: Any) -> None:
+    base = name()
+    with (
+        RedisPublisher(HOST, PORT) as pub,
+        RedisSubscriber(HOST, PORT, [f"{base}-exact", f"{base}.?"]) as sub,
+    ):
+        pub.send(f"{base}.1", b"p")
+        pub.send(f"{base}-exact", b"c")
+        pub.send(f"{base}.12", b"not matched")
+        assert [sub.receive(5), sub.receive(5)] == [b"p", b"c"]
+        with pytest.raises(StreamTimeoutError):
+            sub.receive(0.2)
+
+
+@pytest.fixture
+def tiny_redis() -> Iterator[int]:
+    """A private redis-server whose pub/sub output buffer limit is 1 MiB."""
+    server = shutil.which("redis-server")
+    if server is None:
+        if REQUIRE_BROKERS:
+            pytest.fail("redis-server is not installed", pytrace=False)
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            server,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--client-output-buffer-limit", "pubsub 1mb 256kb 1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not port_open(HOST, port, timeout=0.2):
+            assert proc.poll() is None, "redis-server exited"
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.02)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _flood(port: int, topic: str, count: int) -> list[bytes]:
+    sent = [bytes([i]) * MiB for i in range(count)]
+    with RedisPublisher(HOST, port) as pub:
+        for message in sent:
+            pub.send(topic, message)
+    return sent
+
+
+def _receive_until_error(sub: Any, most: int) -> tuple[list[bytes], BaseException | None]:
+    received: list[bytes] = []
+    for _ in range(most):
+        try:
+            received.append(sub.receive(5))
+        except BrokerConnectionError as exc:
+            return received, exc
+    return received, None
+
+
+@pytest.mark.parametrize("retries", [None, 3])
+def test_lagging_subscriber_raises_instead_of_losing_silently(
+    tiny_redis: int,
+    retries: int | None,
+) -> None:
+    # With retries, redis-py reconnects and resubscribes on its own; the
+    # subscriber must still notice the gap.
+    extra = {} if retries is None else {"retry": redis.retry.Retry(redis.backoff.NoBackoff(), 3)}
+    topic = name()
+    with RedisSubscriber(HOST, tiny_redis, topic, **extra) as sub:
+        sent = _flood(tiny_redis, topic, 30)
+        received, error = _receive_until_error(sub, len(sent) + 1)
+        assert isinstance(error, BrokerConnectionError), "the gap went unnoticed"
+        assert "lag" in str(error)
+        assert "Store" in str(error)
+        assert len(received) < len(sent)
+        assert received == sent[: len(received)]
+        with pytest.raises(BrokerConnectionError):
+            sub.receive(1)
+
+
+@pytest.mark.parametrize("retries", [None, 3])
+def test_async_lagging_subscriber_raises(tiny_redis: int, retries: int | None) -> None:
+    extra = {}
+    if retries is not None:
+        extra["retry"] = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), retries)
+
+    async def main() -> tuple[list[bytes], list[bytes], BaseException | None]:
+        topic = name()
+        sub = AsyncRedisSubscriber(HOST, tiny_redis, topic, **extra)
+        await sub.open()
+        try:
+            sent = await asyncio.to_thread(_flood, tiny_redis, topic, 30)
+            received: list[bytes] = []
+            for _ in range(len(sent) + 1):
+                try:
+                    received.append(await sub.receive(5))
+                except BrokerConnectionError as exc:
+                    return sent, received, exc
+            return sent, received, None
+        finally:
+            await sub.close()
+
+    sent, received, error = asyncio.run(main())
+    assert isinstance(error, BrokerConnectionError), "the gap went unnoticed"
+    assert "lag" in str(error)
+    assert len(received) < len(sent)
+    assert received == sent[: len(received)]
+
+
+# --- list queue --------------------------------------------------------------
+
+
+def test_queue_is_fifo_and_shared_between_subscribers(topic: str) -> None:
+    with (
+        RedisQueuePublisher(HOST, PORT) as pub,
+        RedisQueueSubscriber(HOST, PORT, topic) as a,
+        RedisQueueSubscriber(HOST, PORT, topic) as b,
+    ):
+        for i in range(6):
+            pub.send(topic, b"%d" % i)
+        got = [a.receive(5), b.receive(5), a.receive(5), b.receive(5), a.receive(5)]
+        assert got == [b"%d" % i for i in range(5)]
+        assert b.receive(5) == b"5"
+
+
+def test_queue_iteration_timeout(topic: str) -> None:
+    with RedisQueueSubscriber(HOST, PORT, topic, timeout=0.2) as sub:
+        start = time.monotonic()
+        with pytest.raises(StreamTimeoutError):
+            next(iter(sub))
+        assert time.monotonic() - start < 5
+
+
+def test_async_queue_cancelled_receive_loses_nothing(raw: Any, topic: str) -> None:
+    async def main() -> bytes:
+        sub = AsyncRedisQueueSubscriber(HOST, PORT, topic)
+        await sub.open()
+        try:
+            task = asyncio.ensure_future(sub.receive())
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raw.lpush(topic, b"after cancel")
+            return await sub.receive(5)
+        finally:
+            await sub.close()
+
+    assert asyncio.run(main()) == b"after cancel"
+    assert raw.llen(topic) == 0
+
+
+def test_async_queue_close_pushes_an_orphaned_pop_back(raw: Any, topic: str) -> None:
+    async def main() -> bool:
+        sub = AsyncRedisQueueSubscriber(HOST, PORT, topic)
+        await sub.open()
+        try:
+            for _ in range(20):
+                with pytest.raises(StreamTimeoutError):
+                    await sub.receive(0)  # leaves its BRPOP round running
+                if not sub._fetch.busy:
+                    continue
+                raw.lpush(topic, b"orphan")
+                deadline = time.monotonic() + 2
+                while raw.llen(topic) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
+                if raw.llen(topic) == 0:
+                    return True  # popped by the round nobody waits for
+                raw.delete(topic)
+            return False
+        finally:
+            await sub.close()
+
+    assert asyncio.run(main()), "could not leave a pop without a caller"
+    assert raw.lrange(topic, 0, -1) == [b"orphan"]
+
+
+# --- Streams -----------------------------------------------------------------
+
+
+def test_stream_replay_from_an_id_and_groups_fan_out(raw: Any, topic: str) -> None:
+    with RedisStreamPublisher(HOST, PORT) as pub:
+        for i in range(5):
+            pub.send(topic, b"m%d" % i)
+        ids = [entry_id.decode() for entry_id, _ in raw.xrange(topic)]
+        with (
+            RedisStreamSubscriber(HOST, PORT, topic, group="all") as everything,
+            RedisStreamSubscriber(HOST, PORT, topic, group="after", start_id=ids[1]) as after,
+            RedisStreamSubscriber(HOST, PORT, topic, group="new", start_id="$") as new,
+        ):
+            assert [everything.receive(5) for _ in range(5)] == [b"m%d" % i for i in range(5)]
+            assert [after.receive(5) for _ in range(3)] == [b"m2", b"m3", b"m4"]
+            with pytest.raises(StreamTimeoutError):
+                new.receive(0.2)
+            pub.send(topic, b"m5")
+            for sub in (everything, after, new):
+                assert sub.receive(5) == b"m5"
+
+
+def test_existing_group_keeps_its_position(raw: Any, topic: str) -> None:
+    with RedisStreamPublisher(HOST, PORT) as pub:
+        pub.send(topic, b"first")
+        with RedisStreamSubscriber(HOST, PORT, topic, group="g") as sub:
+            assert sub.receive(5) == b"first"
+            sub.ack()
+        pub.send(topic, b"second")
+        # start_id="0" only applies to a group made here; "g" exists.
+        with RedisStreamSubscriber(HOST, PORT, topic, group="g", start_id="0") as sub:
+            assert sub.receive(5) == b"second"
+
+
+def test_ack_on_next_receive_and_explicit_ack(raw: Any, topic: str) -> None:
+    with RedisStreamPublisher(HOST, PORT) as pub:
+        for i in range(4):
+            pub.send(topic, b"m%d" % i)
+    sub = RedisStreamSubscriber(HOST, PORT, topic, group="g", consumer="c", prefetch=1)
+    try:
+        assert sub.receive(5) == b"m0"
+        assert pending(raw, topic, "g") == 1
+        assert sub.receive(5) == b"m1"
+        assert pending(raw, topic, "g") == 1  # m0 acked, m1 pending
+        sub.ack()
+        assert pending(raw, topic, "g") == 0
+        assert sub.receive(5) == b"m2"
+        assert pending(raw, topic, "g") == 1
+    finally:
+        sub.close()
+    assert pending(raw, topic, "g") == 1, "close() must not ack the last message"
+
+
+def test_async_ack_on_next_receive(raw: Any, topic: str) -> None:
+    with RedisStreamPublisher(HOST, PORT) as pub:
+        for i in range(3):
+            pub.send(topic, b"m%d" % i)
+
+    async def main() -> list[int]:
+        counts = []
+        sub = AsyncRedisStreamSubscriber(HOST, PORT, topic, group="g", prefetch=1)
+        async with sub:
+            assert await sub.receive(5) == b"m0"
+            counts.append(pending(raw, topic, "g"))
+            assert await sub.receive(5) == b"m1"
+            counts.append(pending(raw, topic, "g"))
+            await sub.ack()
+            counts.append(pending(raw, topic, "g"))
+            assert await sub.receive(5) == b"m2"
+        counts.append(pending(raw, topic, "g"))
+        return counts
+
+    assert asyncio.run(main()) == [1, 1, 0, 1]
+
+
+def test_restart_with_the_same_consumer_name_redelivers(raw: Any, topic: str) -> None:
+    with RedisStreamPublisher(HOST, PORT) as pub:
+        for i in range(5):
+            pub.send(topic, b"m%d" % i)
+    first = RedisStreamSubscriber(HOST, PORT, topic, group="g", consumer="worker")
+    assert [first.receive(5), first.receive(5)] == [b"m0", b"m1"]
+    first.close()  # m1 handed but unacked; m2..m4 prefetched
+    assert pending(raw, topic, "g") == 4
+    with RedisStreamSubscriber(HOST, PORT, topic, group="g", consumer="worker") as again:
+        assert again.consumer == "worker"
+        assert [again.receive(5) for _ in range(4)] == [b"m1", b"m2", b"m3", b"m4"]
+        again.ack()
+        assert pending(raw, topic, "g") == 0
+        with pytest.raises(StreamTimeoutError):
+            again.receive(0.2)
+
+
+def test_pending_entries_of_a_dead_consumer_are_claimed(raw: Any, topic: str) -> None:
+    with RedisStreamPublisher(HOST, PORT) as pub:
+        pub.send(topic, b"m0")
+        pub.send(topic, b"m1")
+    dead = RedisStreamSubscriber(HOST, PORT, topic, group="g", consumer="dead", prefetch=1)
+    assert dead.receive(5) == b"m0"
+    dead.close()
+    with RedisStreamSubscriber(
+        HOST, PORT, topic, group="g", consumer="alive", claim_idle_ms=100,
+    ) as alive:
+        got = {alive.receive(5), alive.receive(5)}
+        assert got == {b"m0", b"m1"}
+        alive.ack()
+        summary = raw.xpending(topic, "g")
+        assert summary["pending"] == 0
+        with pytest.raises(StreamTimeoutError):
+            alive.receive(0.3)
+
+
+def test_claim_does_not_redeliver_what_this_consumer_holds(raw: Any, topic: str) -> None:
+    with RedisStreamPublisher(HOST, PORT) as pub:
+        pub.send(topic, b"m0")
+        pub.send(topic, b"m1")
+    with RedisStreamSubscriber(
+        HOST, PORT, topic, group="g", consumer="slow", claim_idle_ms=20, prefetch=1,
+    ) as sub:
+        assert sub.receive(5) == b"m0"
+        time.sleep(0.3)  # m0 (handed, unacked) is now idle past claim_idle_ms
+        assert sub.receive(5) == b"m1"
+        with pytest.raises(StreamTimeoutError):
+            sub.receive(0.3)
+
+
+def test_maxlen_trims_the_stream(raw: Any, topic: str) -> None:
+    with RedisStreamPublisher(HOST, PORT, maxlen=10, approximate=False) as pub:
+        for i in range(50):
+            pub.send(topic, b"m%d" % i)
+    assert raw.xlen(topic) == 10
+    with RedisStreamSubscriber(HOST, PORT, topic, group="g") as sub:
+        assert [sub.receive(5) for _ in range(10)] == [b"m%d" % i for i in range(40, 50)]
+    other = name()
+    try:
+        with RedisStreamPublisher(HOST, PORT, maxlen=10) as pub:
+            for i in range(1000):
+                pub.send(other, b"%d" % i)
+        assert 10 <= raw.xlen(other) < 1000
+    finally:
+        raw.delete(other)
+
+
+def test_trimmed_pending_entries_are_skipped_and_acked(raw: Any, topic: str) -> None:
+    with RedisStreamPublisher(HOST, PORT) as pub:
+        pub.send(topic, b"gone")
+        first = RedisStreamSubscriber(HOST, PORT, topic, group="g", consumer="c", prefetch=1)
+        assert first.receive(5) == b"gone"
+        first.close()
+        raw.xtrim(topic, maxlen=0)
+        pub.send(topic, b"kept")
+    with RedisStreamSubscriber(HOST, PORT, topic, group="g", consumer="c") as again:
+        assert again.receive(5) == b"kept"
+        again.ack()
+        assert pending(raw, topic, "g") == 0
+
+
+def test_deleted_stream_is_recreated(raw: Any, topic: str) -> None:
+    with (
+        RedisStreamPublisher(HOST, PORT) as pub,
+        RedisStreamSubscriber(HOST, PORT, topic, group="g") as sub,
+    ):
+        pub.send(topic, b"before")
+        assert sub.receive(5) == b"before"
+        raw.delete(topic)  # drops the group too
+        with pytest.raises(StreamTimeoutError):
+            sub.receive(0.3)  # recreates stream and group
+        pub.send(topic, b"after")
+        assert sub.receive(5) == b"after"
+
+
+def test_async_stream_cancelled_receive_loses_nothing(raw: Any, topic: str) -> None:
+    async def main() -> list[bytes]:
+        sub = AsyncRedisStreamSubscriber(HOST, PORT, topic, group="g", prefetch=1)
+        await sub.open()
+        with RedisStreamPublisher(HOST, PORT) as pub:
+            try:
+                got = []
+                for i in range(20):
+                    task = asyncio.ensure_future(sub.receive())
+                    await asyncio.sleep(0.001 * (i % 5))
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        got.append(await task)
+                    pub.send(topic, b"m%02d" % i)
+                while len(got) < 20:
+                    got.append(await sub.receive(5))
+                return got
+            finally:
+                await sub.close()
+
+    assert asyncio.run(main()) == [b"m%02d" % i for i in range(20)]
+
+
+def test_stream_topic_that_is_not_a_stream(raw: Any, topic: str) -> None:
+    raw.set(topic, b"a string")
+    with pytest.raises(ValueError, match="not a stream"):
+        RedisStreamSubscriber(HOST, PORT, topic, group="g")
+
+
+# --- arguments and pass-through ----------------------------------------------
+
+
+def test_kwargs_and_from_url_pass_through(raw: Any, topic: str) -> None:
+    db1 = redis.Redis(HOST, PORT, db=1)
+    try:
+        with RedisQueuePublisher(HOST, PORT, db=1) as pub:
+            pub.send(topic, b"in db 1")
+        assert raw.llen(topic) == 0
+        assert db1.llen(topic) == 1
+        with RedisQueueSubscriber.from_url(f"redis://{HOST}:{PORT}/1", topic) as sub:
+            assert sub.receive(5) == b"in db 1"
+        with (
+            RedisStreamPublisher.from_url(f"redis://{HOST}:{PORT}/1", maxlen=5) as spub,
+            RedisStreamSubscriber.from_url(
+                f"redis://{HOST}:{PORT}/1?protocol=3", topic + "-s", group="g",
+            ) as ssub,
+        ):
+            spub.send(topic + "-s", b"resp3 stream")
+            assert ssub.receive(5) == b"resp3 stream"
+        assert db1.xlen(topic + "-s") == 1
+    finally:
+        db1.delete(topic, topic + "-s")
+        db1.close()
+
+
+def test_resp3_pubsub_works_when_asked_for(raw: Any) -> None:
+    topic = name()
+    with (
+        RedisPublisher.from_url(f"redis://{HOST}:{PORT}") as pub,
+        RedisSubscriber.from_url(f"redis://{HOST}:{PORT}", topic, protocol=3) as sub,
+    ):
+        pub.send(topic, b"x")
+        assert sub.receive(5) == b"x"
+
+
+def test_url_arguments() -> None:
+    assert url_arguments("redis://u:p@10.0.0.1:6380/2?socket_timeout=3") == (
+        "10.0.0.1",
+        6380,
+        {"username": "u", "password": "p", "db": 2, "socket_timeout": 3.0},
+    )
+    host, port, options = url_arguments("rediss://example:6390")
+    assert (host, port, options["ssl"]) == ("example", 6390, True)
+    _, _, options = url_arguments("unix:///tmp/redis.sock?db=3")
+    assert options == {"db": 3, "unix_socket_path": "/tmp/redis.sock"}
+    with pytest.raises(ValueError, match="scheme"):
+        url_arguments("http://nope")
+    with pytest.raises(TypeError, match="url"):
+        url_arguments(b"redis://x")  # type: ignore[arg-type]
+
+
+def test_bad_arguments_name_the_parameter(raw: Any) -> None:
+    with pytest.raises(TypeError, match="topic"):
+        RedisSubscriber(HOST, PORT, 5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="topic"):
+        RedisQueueSubscriber(HOST, PORT, [])
+    with pytest.raises(TypeError, match="pattern"):
+        RedisSubscriber(HOST, PORT, "t", pattern="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="group"):
+        RedisStreamSubscriber(HOST, PORT, "t", group="")
+    with pytest.raises(ValueError, match="prefetch"):
+        RedisStreamSubscriber(HOST, PORT, "t", group="g", prefetch=0)
+    with pytest.raises(TypeError, match="claim_idle_ms"):
+        RedisStreamSubscriber(HOST, PORT, "t", group="g", claim_idle_ms=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="maxlen"):
+        RedisStreamPublisher(HOST, PORT, maxlen=0)
+    with pytest.raises(TypeError, match="port"):
+        RedisPublisher(HOST, "6379")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="decode_responses"):
+        RedisPublisher(HOST, PORT, decode_responses=True)
+    with pytest.raises(ValueError, match="timeout"):
+        RedisQueueSubscriber(HOST, PORT, "t", timeout=-1)
+    pub = RedisQueuePublisher(HOST, PORT)
+    with pytest.raises(TypeError, match="topic"):
+        pub.send(b"t", b"x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="message"):
+        pub.send("t", "text")  # type: ignore[arg-type]
+    pub.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        pub.send("t", b"x")
+
+
+def test_closed_subscribers_refuse_open_and_receive(raw: Any, topic: str) -> None:
+    subs = [
+        RedisSubscriber(HOST, PORT, topic),
+        RedisQueueSubscriber(HOST, PORT, topic),
+        RedisStreamSubscriber(HOST, PORT, topic, group="g"),
+    ]
+    for sub in subs:
+        sub.open()
+        sub.close()
+        with pytest.raises(SubscriberClosedError):
+            sub.open()
+        with pytest.raises(SubscriberClosedError):
+            sub.receive(0.1)
+
+
+def test_missing_redis_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "from proxystore_stream.exceptions import MissingDependencyError\n"
+        "for module in ('proxystore_stream.shims.redis',"
+        " 'proxystore_stream.store.connectors.redis'):\n"
+        "    try:\n"
+        "        __import__(module)\n"
+        "    except MissingDependencyError as e:\n"
+        "        print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.splitlines()
+    assert len(out) == 2
+    for line in out:
+        assert "[redis]" in line
+
+
+# --- bench target ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shim", ["redis", "redis-queue", "redis-stream"])
+def test_bench_target_moves_100_messages_both_ways(raw: Any, shim: str) -> None:
+    from proxystore_stream.cli.targets import redis as target
+
+    ours, bare = target.compare(shim, 100, 100)
+    assert ours > 0
+    assert bare > 0
+
+    async def through_async() -> list[bytes]:
+        topic = name()
+        pub, sub = await target.open_async_endpoints(shim, topic)
+        try:
+            for i in range(100):
+                await pub.send(topic, b"%d" % i)
+            return [await sub.receive(5) for _ in range(100)]
+        finally:
+            await sub.close()
+            await pub.close()
+            raw.delete(topic)
+
+    assert asyncio.run(through_async()) == [b"%d" % i for i in range(100)]
