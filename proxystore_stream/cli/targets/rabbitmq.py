@@ -26,13 +26,20 @@ except ImportError as e:  # pragma: no cover - exercised by the extras test
 from proxystore_stream.cli.targets import BareClient
 from proxystore_stream.shims.rabbitmq import DEFAULT_PREFETCH
 from proxystore_stream.shims.rabbitmq import DEFAULT_PREFIX
+from proxystore_stream.shims.rabbitmq import AsyncRabbitMQPublisher
+from proxystore_stream.shims.rabbitmq import AsyncRabbitMQSubscriber
 from proxystore_stream.shims.rabbitmq import Mode
 from proxystore_stream.shims.rabbitmq import RabbitMQPublisher
 from proxystore_stream.shims.rabbitmq import RabbitMQSubscriber
 
-__all__ = ["open_bare", "open_endpoints"]
+__all__ = ["BARE_LABELS", "open_async_endpoints", "open_bare", "open_endpoints"]
 
 _MODES: dict[str, Mode] = {"rabbitmq": "fanout", "rabbitmq-queue": "queue"}
+BARE_LABELS = {
+    "rabbitmq": "bare pika fanout exchange + consume()",
+    "rabbitmq-queue": "bare pika durable queue + consume()/basic_ack",
+}
+"""How the bench table names each bare client."""
 _QUEUE_ARGUMENTS = {"x-expires": 60_000}
 
 
@@ -74,6 +81,30 @@ def open_endpoints(
         )
     except BaseException:
         publisher.close()
+        raise
+    return publisher, subscriber
+
+
+async def open_async_endpoints(
+    name: str,
+    topic: str,
+) -> tuple[AsyncRabbitMQPublisher, AsyncRabbitMQSubscriber]:
+    """Async twin of `open_endpoints`: both opened, the subscriber subscribed."""
+    mode = _mode(name)
+    arguments = _QUEUE_ARGUMENTS if mode == "queue" else None
+    publisher = AsyncRabbitMQPublisher(url=_url(), mode=mode, queue_arguments=arguments)
+    subscriber = AsyncRabbitMQSubscriber(
+        topic,
+        url=_url(),
+        mode=mode,
+        queue_arguments=arguments,
+    )
+    try:
+        await publisher.open()
+        await subscriber.open()
+    except BaseException:
+        await subscriber.close()
+        await publisher.close()
         raise
     return publisher, subscriber
 
