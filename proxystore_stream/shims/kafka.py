@@ -1,0 +1,1140 @@
+"""Shim over Apache Kafka (kafka-python; aiokafka for the async twins).
+
+| property | behaviour |
+| --- | --- |
+| semantics | consumer group: a partition goes to one member of a `group_id` |
+| persistence | kept for the topic's retention; new groups start at the earliest |
+| ordering | per partition; topics created here have one, so per topic |
+| no subscriber | kept; a later group reads from its committed offset or earliest |
+| acknowledgement | commit after a message when the next is asked for, or `ack()` |
+| max message size | `max_request_size` (1 MiB default), `message.max.bytes` |
+
+Within one group each message goes to one member (a work queue); every
+group gets every message (fan-out across groups). Only handed-over messages
+are ever committed, never those merely fetched. Messages above 1 MiB need a
+larger producer `max_request_size`, broker `message.max.bytes` and consumer
+`max_partition_fetch_bytes`.
+
+The publisher never flushes per message: `send()` hands the message to the
+client's batching buffer and `flush()` (called by the stream producer when
+topics are flushed or closed) waits for the broker's acknowledgement of all
+of them. `close()` flushes, then closes.
+
+The subscriber buffers what the client fetches and hands messages over one
+at a time. Acknowledged offsets are committed asynchronously at most every
+0.5 s while receiving (so a crash redelivers at most that window, which is
+at-least-once anyway), and synchronously on `ack()`, on partition revocation
+(a rebalance) and on `close()`. On revocation the message handed over last
+counts as acknowledged and the buffered messages of the revoked partitions
+are dropped, so the next owner starts right after what this member handed
+over: no duplicates and no gaps across a rebalance. `close()` does not
+acknowledge the last handed message: it is redelivered to the group.
+
+Topics are created (one partition) before first use when the shim can reach
+an admin API, so subscribers never race the broker's auto-creation (which
+may create several partitions). Pass `create_topics=False` to skip this.
+
+Group membership changes complete while members poll: a member that does not
+call `receive()` delays a rebalance up to its `max_poll_interval_ms`.
+`wait_assigned()` polls until this member holds its share of the group.
+
+A confluent-kafka `Producer`/`Consumer` is accepted too (detected by its
+`produce`/`consume` methods); it is about 10x faster than kafka-python for
+small messages. kafka-python stays the default.
+
+Example:
+    ```python
+    publisher = KafkaPublisher.from_bootstrap("127.0.0.1:9092")
+    subscriber = KafkaSubscriber.from_bootstrap(
+        "127.0.0.1:9092", ["frames"], group_id="workers",
+    )
+    ```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import inspect
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from collections.abc import Iterable
+from collections.abc import Iterator
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
+from typing import NamedTuple
+from typing import Self
+
+from proxystore_stream._offload import SLICE_SECONDS
+from proxystore_stream.exceptions import BrokerConnectionError
+from proxystore_stream.exceptions import StreamError
+from proxystore_stream.exceptions import StreamTimeoutError
+from proxystore_stream.exceptions import SubscriberClosedError
+from proxystore_stream.exceptions import require
+from proxystore_stream.shims._errors import map_errors
+
+try:
+    import kafka
+    import kafka.errors
+    from kafka.admin import NewTopic
+except ImportError as e:  # pragma: no cover - exercised in a subprocess test
+    require(__name__, "kafka", "kafka", e)
+try:
+    import aiokafka
+    import aiokafka.admin
+    import aiokafka.errors
+except ImportError as e:  # pragma: no cover
+    require(__name__, "aiokafka", "kafka", e)
+
+__all__ = [
+    "AsyncKafkaPublisher",
+    "AsyncKafkaSubscriber",
+    "KafkaPublisher",
+    "KafkaSubscriber",
+    "create_topics",
+]
+
+logger = logging.getLogger(__name__)
+
+# Acknowledged offsets are committed at most this often while receiving.
+COMMIT_INTERVAL = 0.5
+# How long close() waits for a receive in another thread to leave the client.
+_CLOSE_WAIT = 10.0
+_DEFAULT_TIMEOUT_MS = 5000
+
+def _errors(module: Any, *names: str) -> tuple[type[Exception], ...]:
+    # Names differ across client versions (kafka-python 3 dropped NoBrokersAvailable).
+    return tuple(getattr(module, name) for name in names if hasattr(module, name))
+
+
+_KAFKA_CONNECTION_ERRORS = _errors(
+    kafka.errors,
+    "NoBrokersAvailable",
+    "KafkaConnectionError",
+    "KafkaTimeoutError",
+    "NodeNotReadyError",
+)
+_AIOKAFKA_CONNECTION_ERRORS = _errors(
+    aiokafka.errors,
+    "KafkaConnectionError",
+    "KafkaTimeoutError",
+    "NoBrokersAvailable",
+    "NodeNotReadyError",
+)
+_ERRORS: dict[type[BaseException], type[StreamError]] = {
+    cls: BrokerConnectionError
+    for cls in _KAFKA_CONNECTION_ERRORS + _AIOKAFKA_CONNECTION_ERRORS
+}
+
+
+class _Record(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+class _Delivery:
+    """Buffered records and the offsets a subscriber may commit (no I/O).
+
+    A record is handed over by `take()`; it is acknowledged by the next
+    `ack_handed()` (the next receive, or an explicit ack). `due()` returns
+    the acknowledged positions (offset + 1 per partition) not committed yet.
+    """
+
+    def __init__(self) -> None:
+        self.buffer: collections.deque[_Record] = collections.deque()
+        self.handed: _Record | None = None
+        self.acked: dict[tuple[str, int], int] = {}
+        self.committed: dict[tuple[str, int], int] = {}
+        self.last_commit = time.monotonic()
+        self.assigned = False
+
+    def take(self) -> _Record | None:
+        if not self.buffer:
+            return None
+        self.handed = self.buffer.popleft()
+        return self.handed
+
+    def ack_handed(self) -> None:
+        if self.handed is not None:
+            record, self.handed = self.handed, None
+            self.acked[(record.topic, record.partition)] = record.offset + 1
+
+    def due(self, *, now: float | None = None) -> dict[tuple[str, int], int]:
+        """Acknowledged positions to commit (all of them if `now` is None).
+
+        With `now`, nothing is due until COMMIT_INTERVAL passed since the
+        last commit.
+        """
+        if now is not None and now - self.last_commit < COMMIT_INTERVAL:
+            return {}
+        return {tp: o for tp, o in self.acked.items() if self.committed.get(tp) != o}
+
+    def mark_committed(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        self.committed.update(offsets)
+        self.last_commit = time.monotonic()
+
+    def revoke(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Forget revoked partitions; return their positions to commit now."""
+        revoked = set(partitions)
+        if self.handed is not None and (self.handed.topic, self.handed.partition) in revoked:
+            self.ack_handed()
+        self.buffer = collections.deque(
+            r for r in self.buffer if (r.topic, r.partition) not in revoked
+        )
+        due = {tp: o for tp, o in self.due().items() if tp in revoked}
+        for tp in revoked:
+            self.acked.pop(tp, None)
+            self.committed.pop(tp, None)
+        self.assigned = False
+        return due
+
+
+def _check_send(topic: str, message: bytes) -> None:
+    if not isinstance(topic, str) or not topic:
+        raise TypeError(f"topic must be a non-empty str, not {topic!r}")
+    if not isinstance(message, (bytes, bytearray, memoryview)):
+        raise TypeError(f"message must be bytes, not {type(message).__name__}")
+
+
+def _check_topics(topics: Sequence[str]) -> list[str]:
+    if isinstance(topics, str) or not all(isinstance(t, str) and t for t in topics):
+        raise TypeError(f"topics must be a sequence of non-empty str, not {topics!r}")
+    if not topics:
+        raise ValueError("topics must name at least one topic")
+    return list(topics)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _slice(deadline: float | None) -> float:
+    if deadline is None:
+        return SLICE_SECONDS
+    return max(0.0, min(SLICE_SECONDS, deadline - time.monotonic()))
+
+
+def _expired(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _reject_auto_commit(enabled: Any) -> None:
+    if enabled:
+        raise ValueError(
+            "enable_auto_commit must be False: auto-commit commits offsets of "
+            "messages fetched but not yet handed over, which loses them if "
+            "this process stops. Create the consumer with "
+            "enable_auto_commit=False (from_bootstrap does).",
+        )
+
+
+def _describe(servers: Any) -> str:
+    if isinstance(servers, str):
+        return f"kafka://{servers}"
+    if isinstance(servers, Iterable):
+        return "kafka://" + ",".join(map(str, servers))
+    return "kafka"
+
+
+def _is_confluent_producer(client: Any) -> bool:
+    return hasattr(client, "produce") and not hasattr(client, "send")
+
+
+def _is_confluent_consumer(client: Any) -> bool:
+    return hasattr(client, "consume") and hasattr(client, "store_offsets")
+
+
+def _admin_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+    allowed = kafka.KafkaAdminClient.DEFAULT_CONFIG
+    skip = {"client_id", "metrics_reporters", "metric_reporters"}
+    return {k: v for k, v in config.items() if k in allowed and k not in skip}
+
+
+def create_topics(
+    servers: str | Sequence[str],
+    topics: Iterable[str],
+    *,
+    num_partitions: int = 1,
+    replication_factor: int = 1,
+    **kwargs: Any,
+) -> None:
+    """Create topics that do not exist yet (existing ones are left alone).
+
+    Args:
+        servers: Bootstrap servers (``"host:port"`` or a list of them).
+        topics: Topic names.
+        num_partitions: Partitions of each new topic (order holds per partition).
+        replication_factor: Replicas of each new topic.
+        **kwargs: Passed to `kafka.KafkaAdminClient` (SASL/SSL settings...).
+
+    Raises:
+        BrokerConnectionError: If the broker cannot be reached.
+    """
+    kwargs.setdefault("bootstrap_timeout_ms", _DEFAULT_TIMEOUT_MS)
+    with map_errors(_ERRORS, broker=_describe(servers)):
+        admin = kafka.KafkaAdminClient(bootstrap_servers=servers, **kwargs)
+        try:
+            _create_with(admin, topics, num_partitions, replication_factor)
+        finally:
+            admin.close()
+
+
+def _create_with(
+    admin: Any,
+    topics: Iterable[str],
+    num_partitions: int = 1,
+    replication_factor: int = 1,
+) -> None:
+    new = [NewTopic(t, num_partitions, replication_factor) for t in topics]
+    if not new:
+        return
+    # Other per-topic errors (e.g. not authorised) surface on first use.
+    with contextlib.suppress(kafka.errors.TopicAlreadyExistsError):
+        admin.create_topics(new)
+
+
+# ------------------------------------------------------------------- publishers
+
+
+class KafkaPublisher:
+    """Publisher over a `kafka.KafkaProducer` (or a confluent-kafka `Producer`).
+
+    Messages are batched by the client; nothing is flushed per message.
+
+    Args:
+        client: The producer. It is closed by `close()`.
+        create_topics: Create each topic (one partition) before its first
+            send, so order holds per topic. Needs a kafka-python producer
+            (its connection settings are reused for the admin client).
+        flush_timeout: Seconds `flush()` waits for the broker at most.
+    """
+
+    connection_errors = _KAFKA_CONNECTION_ERRORS
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        create_topics: bool = True,
+        flush_timeout: float = 60.0,
+    ) -> None:
+        self._client = client
+        self._confluent = _is_confluent_producer(client)
+        if not self._confluent and not hasattr(client, "send"):
+            raise TypeError(
+                "client must be a kafka.KafkaProducer or confluent_kafka.Producer, "
+                f"not {type(client).__name__}",
+            )
+        config = {} if self._confluent else dict(getattr(client, "config", {}))
+        self._broker = _describe(config.get("bootstrap_servers"))
+        self._create = create_topics and not self._confluent and bool(config)
+        self._admin_config = _admin_kwargs(config)
+        self._admin: Any = None
+        self._known: set[str] = set()
+        self._flush_timeout = flush_timeout
+        self._error: BaseException | None = None
+        self._closed = False
+        self.flush_calls = 0
+
+    @classmethod
+    def from_bootstrap(
+        cls,
+        servers: str | Sequence[str],
+        *,
+        create_topics: bool = True,
+        **kwargs: Any,
+    ) -> Self:
+        """Make a publisher with a new `kafka.KafkaProducer`.
+
+        Args:
+            servers: Bootstrap servers (``"host:port"`` or a list of them).
+            create_topics: See the class.
+            **kwargs: Passed to `KafkaProducer` (``security_protocol``,
+                ``sasl_mechanism``, ``ssl_cafile``, ``max_request_size``,
+                ``linger_ms``...). ``bootstrap_timeout_ms`` and
+                ``max_block_ms`` default to 5 s so an unreachable broker
+                fails fast.
+
+        Raises:
+            BrokerConnectionError: If the broker cannot be reached.
+        """
+        kwargs.setdefault("bootstrap_timeout_ms", _DEFAULT_TIMEOUT_MS)
+        kwargs.setdefault("max_block_ms", _DEFAULT_TIMEOUT_MS)
+        with map_errors(_ERRORS, broker=_describe(servers)):
+            client = kafka.KafkaProducer(bootstrap_servers=servers, **kwargs)
+        return cls(client, create_topics=create_topics)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _ensure_topic(self, topic: str) -> None:
+        if topic in self._known:
+            return
+        if self._create:
+            if self._admin is None:
+                self._admin = kafka.KafkaAdminClient(**self._admin_config)
+            _create_with(self._admin, [topic])
+        self._known.add(topic)
+
+    def _failed(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+
+    def _raise_failure(self) -> None:
+        error, self._error = self._error, None
+        if error is None:
+            return
+        if isinstance(error, kafka.errors.MessageSizeTooLargeError):
+            raise ValueError(f"message is larger than the Kafka limit: {error}") from error
+        with map_errors(_ERRORS, broker=self._broker):
+            raise error
+
+    def send(self, topic: str, message: bytes) -> None:
+        """Hand a message to the client's batch for `topic` (no flush).
+
+        Raises:
+            TypeError: If `topic` or `message` has the wrong type.
+            ValueError: If the message exceeds the producer's size limit.
+            BrokerConnectionError: If the broker cannot be reached.
+        """
+        _check_send(topic, message)
+        if self._closed:
+            raise BrokerConnectionError("KafkaPublisher is closed", broker=self._broker)
+        self._raise_failure()
+        with map_errors(_ERRORS, broker=self._broker):
+            self._ensure_topic(topic)
+            if self._confluent:
+                _confluent_produce(self._client, topic, bytes(message), self._failed)
+                return
+            try:
+                future = self._client.send(topic, value=bytes(message))
+            except kafka.errors.MessageSizeTooLargeError as error:
+                raise ValueError(f"message is larger than the Kafka limit: {error}") from error
+            if future.is_done:
+                if future.failed():
+                    self._failed(future.exception)
+                    self._raise_failure()
+            else:
+                future.add_errback(self._failed)
+
+    def flush(self) -> None:
+        """Block until the broker acknowledged every message sent so far.
+
+        Raises:
+            BrokerConnectionError: If the broker cannot be reached in time.
+            ValueError: If a message was rejected as too large.
+        """
+        self.flush_calls += 1
+        if self._closed:
+            return
+        with map_errors(_ERRORS, broker=self._broker):
+            if self._confluent:
+                left = self._client.flush(self._flush_timeout)
+                if left:
+                    raise BrokerConnectionError(
+                        f"{left} messages not delivered within {self._flush_timeout} s",
+                        broker=self._broker,
+                    )
+            else:
+                self._client.flush(timeout=self._flush_timeout)
+        self._raise_failure()
+
+    def close(self) -> None:
+        """Flush pending messages, then close the client (idempotent)."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            if self._admin is not None:
+                self._admin.close()
+            if self._confluent:
+                if hasattr(self._client, "close"):
+                    self._client.close()
+            else:
+                self._client.close(timeout=self._flush_timeout)
+
+
+def _confluent_produce(client: Any, topic: str, message: bytes, failed: Any) -> None:
+    def report(error: Any, _message: Any) -> None:
+        if error is not None:
+            failed(BrokerConnectionError(f"delivery failed: {error}"))
+
+    deadline = time.monotonic() + _DEFAULT_TIMEOUT_MS / 1000
+    while True:
+        try:
+            client.produce(topic, message, on_delivery=report)
+            break
+        except BufferError:
+            # The local queue is full: serve delivery reports to make room.
+            if time.monotonic() >= deadline:
+                raise BrokerConnectionError("producer queue stayed full") from None
+            client.poll(0.05)
+    client.poll(0)
+
+
+class AsyncKafkaPublisher:
+    """Async twin of `KafkaPublisher` over a started `aiokafka.AIOKafkaProducer`.
+
+    Args:
+        client: A started producer. It is stopped by `close()`.
+        admin_config: Connection settings for an `AIOKafkaAdminClient` that
+            creates topics (one partition) before their first send; None
+            skips topic creation. `from_bootstrap` fills it in.
+    """
+
+    connection_errors = _AIOKAFKA_CONNECTION_ERRORS
+
+    def __init__(self, client: Any, *, admin_config: Mapping[str, Any] | None = None) -> None:
+        if not hasattr(client, "send") or not hasattr(client, "flush"):
+            raise TypeError(f"client must be an AIOKafkaProducer, not {type(client).__name__}")
+        self._client = client
+        self._admin_config = None if admin_config is None else dict(admin_config)
+        self._broker = _describe((admin_config or {}).get("bootstrap_servers"))
+        self._known: set[str] = set()
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._error: BaseException | None = None
+        self._closed = False
+        self.flush_calls = 0
+
+    @classmethod
+    async def from_bootstrap(
+        cls,
+        servers: str | Sequence[str],
+        *,
+        create_topics: bool = True,
+        **kwargs: Any,
+    ) -> Self:
+        """Make a publisher with a new, started `AIOKafkaProducer`.
+
+        Args:
+            servers: Bootstrap servers.
+            create_topics: Create each topic (one partition) before its
+                first send.
+            **kwargs: Passed to `AIOKafkaProducer` (``security_protocol``,
+                ``ssl_context``, ``sasl_*``, ``max_request_size``...).
+
+        Raises:
+            BrokerConnectionError: If the broker cannot be reached.
+        """
+        kwargs.setdefault("request_timeout_ms", _DEFAULT_TIMEOUT_MS)
+        client = aiokafka.AIOKafkaProducer(bootstrap_servers=servers, **kwargs)
+        await _start(client, servers)
+        admin = None
+        if create_topics:
+            names = _async_admin_keys()
+            admin = {k: v for k, v in kwargs.items() if k in names}
+            admin["bootstrap_servers"] = servers
+        return cls(client, admin_config=admin)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _done(self, future: asyncio.Future[Any]) -> None:
+        self._pending.discard(future)
+        if not future.cancelled() and future.exception() is not None and self._error is None:
+            self._error = future.exception()
+
+    def _raise_failure(self) -> None:
+        error, self._error = self._error, None
+        if error is None:
+            return
+        if isinstance(error, aiokafka.errors.MessageSizeTooLargeError):
+            raise ValueError(f"message is larger than the Kafka limit: {error}") from error
+        with map_errors(_ERRORS, broker=self._broker):
+            raise error
+
+    async def send(self, topic: str, message: bytes) -> None:
+        """Add a message to the client's batch for `topic` (no flush).
+
+        Raises:
+            TypeError: If `topic` or `message` has the wrong type.
+            ValueError: If the message exceeds the producer's size limit.
+            BrokerConnectionError: If the broker cannot be reached.
+        """
+        _check_send(topic, message)
+        if self._closed:
+            raise BrokerConnectionError("AsyncKafkaPublisher is closed", broker=self._broker)
+        self._raise_failure()
+        with map_errors(_ERRORS, broker=self._broker):
+            if topic not in self._known:
+                if self._admin_config is not None:
+                    await _async_create(self._admin_config, [topic])
+                self._known.add(topic)
+            try:
+                future = await self._client.send(topic, bytes(message))
+            except aiokafka.errors.MessageSizeTooLargeError as error:
+                raise ValueError(f"message is larger than the Kafka limit: {error}") from error
+        self._pending.add(future)
+        future.add_done_callback(self._done)
+
+    async def flush(self) -> None:
+        """Wait until the broker acknowledged every message sent so far."""
+        self.flush_calls += 1
+        if self._closed:
+            return
+        with map_errors(_ERRORS, broker=self._broker):
+            await self._client.flush()
+            if self._pending:
+                await asyncio.wait(list(self._pending))
+        self._raise_failure()
+
+    async def close(self) -> None:
+        """Flush pending messages, then stop the client (idempotent)."""
+        if self._closed:
+            return
+        try:
+            await self.flush()
+        finally:
+            self._closed = True
+            await self._client.stop()
+
+
+def _async_admin_keys() -> set[str]:
+    return set(inspect.signature(aiokafka.admin.AIOKafkaAdminClient.__init__).parameters) - {
+        "self",
+        "loop",
+    }
+
+
+async def _async_create(config: Mapping[str, Any], topics: Iterable[str]) -> None:
+    admin = aiokafka.admin.AIOKafkaAdminClient(**config)
+    await admin.start()
+    try:
+        await admin.create_topics([aiokafka.admin.NewTopic(t, 1, 1) for t in topics])
+    except aiokafka.errors.TopicAlreadyExistsError:
+        pass
+    finally:
+        await admin.close()
+
+
+async def _start(client: Any, servers: Any) -> None:
+    try:
+        with map_errors(_ERRORS, broker=_describe(servers)):
+            await client.start()
+    except BaseException:
+        await client.stop()
+        raise
+
+
+# ------------------------------------------------------------------ subscribers
+
+
+class KafkaSubscriber:
+    """Subscriber over a subscribed `kafka.KafkaConsumer` (or confluent `Consumer`).
+
+    Messages are handed over one at a time from the client's fetched
+    batches; only handed-over messages are ever committed (see the module
+    docstring).
+
+    Args:
+        client: A consumer with ``enable_auto_commit=False``, subscribed to
+            its topics (kafka-python), or not yet subscribed and given
+            `topics`. It is closed by `close()`.
+        topics: Topics to subscribe to; None keeps the client's subscription.
+            Required for a confluent-kafka consumer.
+        create_topics: Create the topics (one partition) if missing before
+            subscribing (kafka-python clients only).
+
+    Raises:
+        ValueError: If the consumer auto-commits, or has no topics.
+    """
+
+    connection_errors = _KAFKA_CONNECTION_ERRORS
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        topics: Sequence[str] | None = None,
+        create_topics: bool = True,
+    ) -> None:
+        self._client = client
+        self._confluent = _is_confluent_consumer(client)
+        if not self._confluent and not hasattr(client, "poll"):
+            raise TypeError(
+                "client must be a kafka.KafkaConsumer or confluent_kafka.Consumer, "
+                f"not {type(client).__name__}",
+            )
+        config: dict[str, Any] = {} if self._confluent else dict(client.config)
+        if not self._confluent:
+            _reject_auto_commit(config.get("enable_auto_commit"))
+        self._broker = _describe(config.get("bootstrap_servers"))
+        self._group = True if self._confluent else config.get("group_id") is not None
+        self._delivery = _Delivery()
+        self._io = threading.Lock()
+        self._closed = False
+        self._client_closed = False
+        if topics is None:
+            if self._confluent:
+                raise ValueError("topics is required with a confluent_kafka.Consumer")
+            topics = sorted(client.subscription() or ())
+        names = _check_topics(topics)
+        with map_errors(_ERRORS, broker=self._broker):
+            if create_topics and not self._confluent:
+                admin = kafka.KafkaAdminClient(**_admin_kwargs(config))
+                try:
+                    _create_with(admin, names)
+                finally:
+                    admin.close()
+            if self._confluent:
+                client.subscribe(names, on_assign=self._on_assign, on_revoke=self._on_revoke)
+            else:
+                client.subscribe(names, listener=_Listener(self))
+
+    @classmethod
+    def from_bootstrap(
+        cls,
+        servers: str | Sequence[str],
+        topics: Sequence[str],
+        *,
+        group_id: str,
+        create_topics: bool = True,
+        **kwargs: Any,
+    ) -> Self:
+        """Make a subscriber with a new `kafka.KafkaConsumer` in `group_id`.
+
+        Args:
+            servers: Bootstrap servers (``"host:port"`` or a list of them).
+            topics: Topics to subscribe to.
+            group_id: The consumer group; members share the messages.
+            create_topics: See the class.
+            **kwargs: Passed to `KafkaConsumer` (SASL/SSL settings,
+                ``session_timeout_ms``, ``max_partition_fetch_bytes``...).
+                ``auto_offset_reset`` defaults to ``"earliest"`` and
+                ``bootstrap_timeout_ms`` to 5 s; ``enable_auto_commit``
+                is forced off.
+
+        Raises:
+            ValueError: If ``enable_auto_commit=True`` is passed.
+            BrokerConnectionError: If the broker cannot be reached.
+        """
+        _reject_auto_commit(kwargs.pop("enable_auto_commit", False))
+        names = _check_topics(topics)
+        if not isinstance(group_id, str) or not group_id:
+            raise TypeError(f"group_id must be a non-empty str, not {group_id!r}")
+        kwargs.setdefault("auto_offset_reset", "earliest")
+        kwargs.setdefault("bootstrap_timeout_ms", _DEFAULT_TIMEOUT_MS)
+        kwargs.setdefault("allow_auto_create_topics", not create_topics)
+        with map_errors(_ERRORS, broker=_describe(servers)):
+            client = kafka.KafkaConsumer(
+                bootstrap_servers=servers,
+                group_id=group_id,
+                enable_auto_commit=False,
+                **kwargs,
+            )
+        try:
+            return cls(client, topics=names, create_topics=create_topics)
+        except BaseException:
+            client.close(autocommit=False)
+            raise
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield messages until the subscriber is closed."""
+        while True:
+            try:
+                yield self.receive()
+            except SubscriberClosedError:
+                return
+
+    # Called by the client inside poll(), on the receiving thread.
+    def _on_assign(self, *_: Any) -> None:
+        self._delivery.assigned = True
+
+    def _on_revoke(self, *args: Any) -> None:
+        partitions = args[-1]
+        due = self._delivery.revoke((tp.topic, tp.partition) for tp in partitions)
+        self._commit(due, sync=True)
+
+    def _commit(self, offsets: Mapping[tuple[str, int], int], *, sync: bool) -> None:
+        if not offsets or not self._group:
+            return
+        try:
+            if self._confluent:
+                import confluent_kafka
+
+                parts = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                self._client.commit(offsets=parts, asynchronous=not sync)
+            else:
+                payload = _kafka_offsets(offsets)
+                if sync:
+                    self._client.commit(offsets=payload)
+                else:
+                    self._client.commit_async(offsets=payload, callback=_log_commit)
+        except (kafka.errors.CommitFailedError, kafka.errors.IllegalStateError) as error:
+            # The group moved on (we were evicted); the next owner re-reads
+            # from the last commit, so these messages may be redelivered.
+            logger.warning("Kafka commit failed, messages may be redelivered: %s", error)
+            return
+        self._delivery.mark_committed(offsets)
+
+    def _poll(self, wait: float) -> None:
+        if self._confluent:
+            for message in self._client.consume(num_messages=500, timeout=wait):
+                if message.error() is not None:
+                    if message.error().fatal():
+                        raise BrokerConnectionError(str(message.error()), broker=self._broker)
+                    continue
+                self._delivery.buffer.append(
+                    _Record(
+                        message.topic(), message.partition(), message.offset(), message.value(),
+                    ),
+                )
+            return
+        batches = self._client.poll(timeout_ms=int(wait * 1000))
+        for records in batches.values():
+            self._delivery.buffer.extend(
+                _Record(r.topic, r.partition, r.offset, r.value) for r in records
+            )
+
+    def receive(self, timeout: float | None = None) -> bytes:
+        """Return the next message; acknowledges the one handed over before.
+
+        Args:
+            timeout: Seconds to wait at most; None waits until a message
+                arrives or the subscriber is closed.
+
+        Raises:
+            StreamTimeoutError: If no message arrived within `timeout`.
+            SubscriberClosedError: If the subscriber is (or gets) closed.
+            BrokerConnectionError: If the broker cannot be reached.
+        """
+        deadline = _deadline(timeout)
+        while True:
+            with self._io:
+                if self._closed:
+                    self._shutdown()
+                    raise SubscriberClosedError("KafkaSubscriber is closed")
+                self._delivery.ack_handed()
+                record = self._delivery.take()
+                if record is not None:
+                    return record.value
+                with map_errors(_ERRORS, broker=self._broker):
+                    self._commit(self._delivery.due(now=time.monotonic()), sync=False)
+                    self._poll(_slice(deadline))
+                record = self._delivery.take()
+                if record is not None:
+                    return record.value
+            if _expired(deadline):
+                raise StreamTimeoutError(f"No message within {timeout} s")
+
+    def ack(self) -> None:
+        """Acknowledge every message handed over so far (commits now)."""
+        with self._io:
+            if self._client_closed:
+                return
+            self._delivery.ack_handed()
+            with map_errors(_ERRORS, broker=self._broker):
+                self._commit(self._delivery.due(), sync=True)
+
+    def wait_assigned(self, timeout: float = 30.0) -> None:
+        """Poll until this member holds its share of the group's partitions.
+
+        It always polls at least once, so a pending rebalance is noticed.
+        Messages fetched meanwhile are kept for `receive()`.
+
+        Args:
+            timeout: Seconds to wait at most.
+
+        Raises:
+            StreamTimeoutError: If the group did not settle in time.
+            SubscriberClosedError: If the subscriber is closed.
+        """
+        deadline = _deadline(timeout)
+        while True:
+            with self._io:
+                if self._closed:
+                    raise SubscriberClosedError("KafkaSubscriber is closed")
+                with map_errors(_ERRORS, broker=self._broker):
+                    self._poll(0 if self._delivery.assigned else _slice(deadline))
+                if self._delivery.assigned:
+                    return
+            if _expired(deadline):
+                raise StreamTimeoutError(f"Not assigned partitions within {timeout} s")
+
+    @property
+    def assigned(self) -> bool:
+        """Whether this member holds an assignment of the current generation."""
+        return self._delivery.assigned
+
+    def _shutdown(self) -> None:
+        if self._client_closed:
+            return
+        self._client_closed = True
+        try:
+            self._commit(self._delivery.due(), sync=True)
+        except Exception as error:  # closing must not fail on a lost broker
+            logger.warning("Final Kafka commit failed: %s", error)
+        if self._confluent:
+            self._client.close()
+        else:
+            self._client.close(autocommit=False)
+
+    def close(self) -> None:
+        """Commit acknowledged offsets and close the client (idempotent).
+
+        The last handed-over message is not acknowledged; it is redelivered
+        to the group. Safe to call from another thread: a blocked receive
+        ends within about 0.1 s.
+        """
+        self._closed = True
+        # A receive in another thread leaves the client within one slice;
+        # if it does not, it shuts the client down itself on its way out.
+        if self._io.acquire(timeout=_CLOSE_WAIT):
+            try:
+                self._shutdown()
+            finally:
+                self._io.release()
+
+
+def _kafka_offsets(offsets: Mapping[tuple[str, int], int]) -> dict[Any, Any]:
+    return {
+        kafka.TopicPartition(t, p): kafka.OffsetAndMetadata(o, "", -1)
+        for (t, p), o in offsets.items()
+    }
+
+
+if hasattr(kafka, "AsyncConsumerRebalanceListener"):
+
+    class _Listener(kafka.AsyncConsumerRebalanceListener):  # type: ignore[misc]
+        # kafka-python >= 3 runs listeners on its IO thread, which must not
+        # block: commit with the awaitable async variant. The receiving
+        # thread is inside poll() meanwhile, so the buffer is not shared.
+        def __init__(self, subscriber: KafkaSubscriber) -> None:
+            self._subscriber = subscriber
+
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            sub = self._subscriber
+            due = sub._delivery.revoke((tp.topic, tp.partition) for tp in revoked)
+            if not due or not sub._group:
+                return
+            try:
+                await sub._client.commit_async(offsets=_kafka_offsets(due))
+            except kafka.errors.KafkaError as error:
+                logger.warning("Kafka commit failed, messages may be redelivered: %s", error)
+            else:
+                sub._delivery.mark_committed(due)
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            self._subscriber._on_assign(assigned)
+
+else:  # pragma: no cover - kafka-python 2.x calls listeners inside poll()
+
+    class _Listener(kafka.ConsumerRebalanceListener):  # type: ignore[misc,no-redef]
+        def __init__(self, subscriber: KafkaSubscriber) -> None:
+            self._subscriber = subscriber
+
+        def on_partitions_revoked(self, revoked: Any) -> None:
+            self._subscriber._on_revoke(revoked)
+
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            self._subscriber._on_assign(assigned)
+
+
+def _log_commit(offsets: Any, response: Any) -> None:
+    if isinstance(response, Exception):
+        logger.warning("Kafka async commit of %s failed: %s", offsets, response)
+
+
+class AsyncKafkaSubscriber:
+    """Async twin of `KafkaSubscriber` over an `aiokafka.AIOKafkaConsumer`.
+
+    `receive()` is cancellation-safe: aiokafka's `getmany` takes records
+    out of its buffer only after its wait, in one step, and they go to this
+    subscriber's buffer before the next await.
+
+    Args:
+        client: A started consumer with ``enable_auto_commit=False``. It is
+            stopped by `close()`.
+        topics: Topics to subscribe to; None keeps the client's subscription.
+    """
+
+    connection_errors = _AIOKAFKA_CONNECTION_ERRORS
+
+    def __init__(self, client: Any, *, topics: Sequence[str] | None = None) -> None:
+        if not hasattr(client, "getmany"):
+            raise TypeError(f"client must be an AIOKafkaConsumer, not {type(client).__name__}")
+        _reject_auto_commit(getattr(client, "_enable_auto_commit", False))
+        self._client = client
+        self._group = getattr(client, "_group_id", None) is not None
+        self._broker = "kafka"
+        self._delivery = _Delivery()
+        self._closed = False
+        self._client_closed = False
+        names = _check_topics(sorted(client.subscription() or ()) if topics is None else topics)
+        client.subscribe(names, listener=_AsyncListener(self))
+
+    @classmethod
+    async def from_bootstrap(
+        cls,
+        servers: str | Sequence[str],
+        topics: Sequence[str],
+        *,
+        group_id: str,
+        create_topics: bool = True,
+        **kwargs: Any,
+    ) -> Self:
+        """Make a subscriber with a new, started `AIOKafkaConsumer` in `group_id`.
+
+        Args:
+            servers: Bootstrap servers.
+            topics: Topics to subscribe to.
+            group_id: The consumer group.
+            create_topics: Create missing topics (one partition) first.
+            **kwargs: Passed to `AIOKafkaConsumer` (SASL/SSL settings...);
+                ``auto_offset_reset`` defaults to ``"earliest"``.
+
+        Raises:
+            ValueError: If ``enable_auto_commit=True`` is passed.
+            BrokerConnectionError: If the broker cannot be reached.
+        """
+        _reject_auto_commit(kwargs.pop("enable_auto_commit", False))
+        names = _check_topics(topics)
+        if not isinstance(group_id, str) or not group_id:
+            raise TypeError(f"group_id must be a non-empty str, not {group_id!r}")
+        kwargs.setdefault("auto_offset_reset", "earliest")
+        kwargs.setdefault("request_timeout_ms", _DEFAULT_TIMEOUT_MS)
+        if create_topics:
+            keys = _async_admin_keys()
+            admin = {k: v for k, v in kwargs.items() if k in keys}
+            with map_errors(_ERRORS, broker=_describe(servers)):
+                await _async_create({**admin, "bootstrap_servers": servers}, names)
+        client = aiokafka.AIOKafkaConsumer(
+            bootstrap_servers=servers,
+            group_id=group_id,
+            enable_auto_commit=False,
+            **kwargs,
+        )
+        subscriber = cls(client, topics=names)
+        subscriber._broker = _describe(servers)
+        await _start(client, servers)
+        return subscriber
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        """Yield messages until the subscriber is closed."""
+        while True:
+            try:
+                yield await self.receive()
+            except SubscriberClosedError:
+                return
+
+    async def _on_revoke(self, partitions: Any) -> None:
+        due = self._delivery.revoke((tp.topic, tp.partition) for tp in partitions)
+        await self._commit(due)
+
+    async def _commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        if not offsets or not self._group or self._client_closed:
+            return
+        try:
+            await self._client.commit(
+                {aiokafka.TopicPartition(t, p): o for (t, p), o in offsets.items()},
+            )
+        except (aiokafka.errors.CommitFailedError, aiokafka.errors.IllegalStateError) as error:
+            logger.warning("Kafka commit failed, messages may be redelivered: %s", error)
+            return
+        self._delivery.mark_committed(offsets)
+
+    async def receive(self, timeout: float | None = None) -> bytes:
+        """Return the next message (see `KafkaSubscriber.receive`)."""
+        deadline = _deadline(timeout)
+        self._delivery.ack_handed()
+        while True:
+            if self._closed:
+                raise SubscriberClosedError("AsyncKafkaSubscriber is closed")
+            record = self._delivery.take()
+            if record is not None:
+                return record.value
+            with map_errors(_ERRORS, broker=self._broker):
+                await self._commit(self._delivery.due(now=time.monotonic()))
+                if self._closed:
+                    continue
+                batches = await self._client.getmany(timeout_ms=int(_slice(deadline) * 1000))
+            for records in batches.values():
+                self._delivery.buffer.extend(
+                    _Record(r.topic, r.partition, r.offset, r.value) for r in records
+                )
+            if not self._delivery.buffer and _expired(deadline):
+                raise StreamTimeoutError(f"No message within {timeout} s")
+
+    async def ack(self) -> None:
+        """Acknowledge every message handed over so far (commits now)."""
+        self._delivery.ack_handed()
+        with map_errors(_ERRORS, broker=self._broker):
+            await self._commit(self._delivery.due())
+
+    async def wait_assigned(self, timeout: float = 30.0) -> None:
+        """Wait until this member holds its share of the group's partitions.
+
+        Raises:
+            StreamTimeoutError: If the group did not settle in time.
+            SubscriberClosedError: If the subscriber is closed.
+        """
+        deadline = _deadline(timeout)
+        while not self._delivery.assigned:
+            if self._closed:
+                raise SubscriberClosedError("AsyncKafkaSubscriber is closed")
+            if _expired(deadline):
+                raise StreamTimeoutError(f"Not assigned partitions within {timeout} s")
+            await asyncio.sleep(0.02)
+
+    @property
+    def assigned(self) -> bool:
+        """Whether this member holds an assignment of the current generation."""
+        return self._delivery.assigned
+
+    async def close(self) -> None:
+        """Commit acknowledged offsets and stop the client (idempotent).
+
+        The last handed-over message is not acknowledged (it is redelivered).
+        """
+        self._closed = True
+        if self._client_closed:
+            return
+        try:
+            await self._commit(self._delivery.due())
+        except Exception as error:
+            logger.warning("Final Kafka commit failed: %s", error)
+        finally:
+            self._client_closed = True
+            await self._client.stop()
+
+
+class _AsyncListener(aiokafka.ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, subscriber: AsyncKafkaSubscriber) -> None:
+        self._subscriber = subscriber
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._subscriber._on_revoke(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self._subscriber._delivery.assigned = True
