@@ -111,11 +111,16 @@ def tiny_redis() -> Iterator[int]:
     proc = subprocess.Popen(
         [
             server,
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--client-output-buffer-limit", "pubsub 1mb 256kb 1",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--client-output-buffer-limit",
+            "pubsub 1mb 256kb 1",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -372,7 +377,12 @@ def test_pending_entries_of_a_dead_consumer_are_claimed(raw: Any, topic: str) ->
     assert dead.receive(5) == b"m0"
     dead.close()
     with RedisStreamSubscriber(
-        HOST, PORT, topic, group="g", consumer="alive", claim_idle_ms=100,
+        HOST,
+        PORT,
+        topic,
+        group="g",
+        consumer="alive",
+        claim_idle_ms=100,
     ) as alive:
         got = {alive.receive(5), alive.receive(5)}
         assert got == {b"m0", b"m1"}
@@ -388,7 +398,13 @@ def test_claim_does_not_redeliver_what_this_consumer_holds(raw: Any, topic: str)
         pub.send(topic, b"m0")
         pub.send(topic, b"m1")
     with RedisStreamSubscriber(
-        HOST, PORT, topic, group="g", consumer="slow", claim_idle_ms=20, prefetch=1,
+        HOST,
+        PORT,
+        topic,
+        group="g",
+        consumer="slow",
+        claim_idle_ms=20,
+        prefetch=1,
     ) as sub:
         assert sub.receive(5) == b"m0"
         time.sleep(0.3)  # m0 (handed, unacked) is now idle past claim_idle_ms
@@ -486,7 +502,9 @@ def test_kwargs_and_from_url_pass_through(raw: Any, topic: str) -> None:
         with (
             RedisStreamPublisher.from_url(f"redis://{HOST}:{PORT}/1", maxlen=5) as spub,
             RedisStreamSubscriber.from_url(
-                f"redis://{HOST}:{PORT}/1?protocol=3", topic + "-s", group="g",
+                f"redis://{HOST}:{PORT}/1?protocol=3",
+                topic + "-s",
+                group="g",
             ) as ssub,
         ):
             spub.send(topic + "-s", b"resp3 stream")
@@ -581,7 +599,11 @@ def test_missing_redis_names_the_extra() -> None:
         "        print(e)\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout.splitlines()
     assert len(out) == 2
     for line in out:

@@ -157,9 +157,7 @@ def topic_list(topic: str | Sequence[str]) -> list[str]:
         ValueError: If `topic` is empty.
     """
     topics = [topic] if isinstance(topic, str) else topic
-    if not isinstance(topics, Sequence) or not all(
-        isinstance(t, str) for t in topics
-    ):
+    if not isinstance(topics, Sequence) or not all(isinstance(t, str) for t in topics):
         raise TypeError(
             f"topic must be a str or a sequence of str, not {type(topic).__name__}",
         )

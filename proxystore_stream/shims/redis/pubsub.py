@@ -74,7 +74,8 @@ __all__ = [
     "RedisSubscriber",
 ]
 
-# RESP2: redis-py's RESP3 push-message path moves 1 MiB messages ~5x slower.
+# RESP2: redis-py's RESP3 push path moved 1 MiB messages at 19-165 MB/s here
+# (and lagged into a disconnect 3 runs in 5) against ~376 MB/s for RESP2.
 PROTOCOL = 2
 _GLOB = frozenset("*?[")
 _DATA = frozenset({"message", "pmessage", b"message", b"pmessage"})
@@ -465,8 +466,7 @@ class AsyncRedisSubscriber:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise BrokerConnectionError(
-                    "Redis did not confirm the subscription within "
-                    f"{self._subscribe_timeout} s",
+                    f"Redis did not confirm the subscription within {self._subscribe_timeout} s",
                     broker=self._broker,
                 )
             message = await self._pubsub.get_message(timeout=remaining)

@@ -64,17 +64,15 @@ __all__ = [
     "RedisQueueSubscriber",
 ]
 
-# RESP2 and RESP3 measured the same for LPUSH/BRPOP; RESP2 keeps one
-# protocol across the shims (see docs/shims/redis.md).
+# RESP2: as fast as RESP3 or a little faster for LPUSH/BRPOP here (medians
+# 13.1k vs 10.9k msg/s at 100 B, 585 vs 562 MB/s at 1 MiB; docs/shims/redis.md).
 PROTOCOL = 2
 # BRPOP takes a timeout in seconds; 0 would block forever, so never send it.
 _MIN_BLOCK = 0.01
 
 
 def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is not None and (
-        not isinstance(timeout, int | float) or isinstance(timeout, bool)
-    ):
+    if timeout is not None and (not isinstance(timeout, int | float) or isinstance(timeout, bool)):
         raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be >= 0, not {timeout}")

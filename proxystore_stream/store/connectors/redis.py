@@ -81,8 +81,7 @@ def _blob(frames: Frames) -> Buffer:
 def _check_key(key: Key) -> str:
     if type(key) is not str or _KEY.fullmatch(key) is None:
         raise UnsafeKeyError(
-            f"RedisConnector keys are {PREFIX!r} and 32 hex digits made by put(); "
-            f"refused {key!r}",
+            f"RedisConnector keys are {PREFIX!r} and 32 hex digits made by put(); refused {key!r}",
         )
     return key
 
@@ -217,10 +216,8 @@ class RedisConnector:
         options = dict(config)
         hostname = options.pop("hostname", None)
         port = options.pop("port", None)
-        if not isinstance(hostname, str) or not isinstance(port, int) or isinstance(
-            port,
-            bool,
-        ):
+        bad_port = not isinstance(port, int) or isinstance(port, bool)
+        if not isinstance(hostname, str) or bad_port:
             raise ValueError(
                 f"config needs a str 'hostname' and an int 'port', got {config!r}",
             )
