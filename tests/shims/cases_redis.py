@@ -79,7 +79,12 @@ class RedisFactory:
             return
         client = redis.Redis(HOST, PORT)
         try:
-            client.delete(*self.topics)
+            # Tests also send to names that extend a subscribed topic
+            # ("<topic>-longer"); those lists and streams are ours too.
+            keys = set(self.topics)
+            for topic in self.topics:
+                keys.update(client.scan_iter(match=f"{topic}*", count=1000))
+            client.delete(*keys)
         finally:
             client.close()
 
