@@ -102,6 +102,8 @@ logger = logging.getLogger(__name__)
 
 # Acknowledged offsets are committed at most this often while receiving.
 COMMIT_INTERVAL = 0.5
+# A consumer serving its buffer still polls the client this often.
+KEEPALIVE = 1.0
 # How long close() waits for a receive in another thread to leave the client.
 _CLOSE_WAIT = 10.0
 _DEFAULT_TIMEOUT_MS = 5000
@@ -154,7 +156,7 @@ class _Delivery:
         self.handed: _Record | None = None
         self.acked: dict[tuple[str, int], int] = {}
         self.committed: dict[tuple[str, int], int] = {}
-        self.last_commit = time.monotonic()
+        self.last_commit = self.last_poll = time.monotonic()
         self.assigned = False
 
     def take(self) -> _Record | None:
@@ -162,6 +164,21 @@ class _Delivery:
             return None
         self.handed = self.buffer.popleft()
         return self.handed
+
+    def ready(self) -> bool:
+        """Whether the next message can be taken without polling the client.
+
+        Kafka evicts a member that does not poll within its
+        max_poll_interval_ms, so even with a full buffer the client is
+        polled every KEEPALIVE seconds.
+        """
+        return bool(self.buffer) and time.monotonic() - self.last_poll < KEEPALIVE
+
+    def extend(self, batches: Mapping[Any, Iterable[Any]]) -> None:
+        """Buffer the records of a kafka-python/aiokafka poll result."""
+        self.last_poll = time.monotonic()
+        for records in batches.values():
+            self.buffer.extend(_Record(r.topic, r.partition, r.offset, r.value) for r in records)
 
     def ack_handed(self) -> None:
         if self.handed is not None:
@@ -411,25 +428,32 @@ class KafkaPublisher:
             ValueError: If the message exceeds the producer's size limit.
             BrokerConnectionError: If the broker cannot be reached.
         """
-        _check_send(topic, message)
+        if type(message) is not bytes or type(topic) is not str:
+            _check_send(topic, message)
+            message = bytes(message)
         if self._closed:
             raise BrokerConnectionError("KafkaPublisher is closed", broker=self._broker)
-        self._raise_failure()
-        with map_errors(_ERRORS, broker=self._broker):
-            self._ensure_topic(topic)
+        if self._error is not None:
+            self._raise_failure()
+        # The hot path: no context manager, no copy, one errback.
+        try:
+            if topic not in self._known:
+                self._ensure_topic(topic)
             if self._confluent:
-                _confluent_produce(self._client, topic, bytes(message), self._failed)
+                _confluent_produce(self._client, topic, message, self._failed)
                 return
-            try:
-                future = self._client.send(topic, value=bytes(message))
-            except kafka.errors.MessageSizeTooLargeError as error:
-                raise ValueError(f"message is larger than the Kafka limit: {error}") from error
-            if future.is_done:
-                if future.failed():
-                    self._failed(future.exception)
-                    self._raise_failure()
-            else:
-                future.add_errback(self._failed)
+            future = self._client.send(topic, value=message)
+        except kafka.errors.MessageSizeTooLargeError as error:
+            raise ValueError(f"message is larger than the Kafka limit: {error}") from error
+        except self.connection_errors as error:
+            message_ = f"{type(error).__name__}: {error}"
+            raise BrokerConnectionError(message_, broker=self._broker) from error
+        if future.is_done:
+            if future.failed():
+                self._failed(future.exception)
+                self._raise_failure()
+        else:
+            future.add_errback(self._failed)
 
     def flush(self) -> None:
         """Block until the broker acknowledged every message sent so far.
@@ -794,7 +818,13 @@ class KafkaSubscriber:
 
     def _poll(self, wait: float) -> None:
         if self._confluent:
-            for message in self._client.consume(num_messages=500, timeout=wait):
+            self._delivery.last_poll = time.monotonic()
+            # consume() waits for all num_messages or the timeout, so take
+            # one with poll() and then only what is ready already.
+            first = self._client.poll(wait)
+            if first is None:
+                return
+            for message in [first, *self._client.consume(num_messages=499, timeout=0)]:
                 if message.error() is not None:
                     if message.error().fatal():
                         raise BrokerConnectionError(str(message.error()), broker=self._broker)
@@ -805,11 +835,7 @@ class KafkaSubscriber:
                     ),
                 )
             return
-        batches = self._client.poll(timeout_ms=int(wait * 1000))
-        for records in batches.values():
-            self._delivery.buffer.extend(
-                _Record(r.topic, r.partition, r.offset, r.value) for r in records
-            )
+        self._delivery.extend(self._client.poll(timeout_ms=int(wait * 1000)))
 
     def receive(self, timeout: float | None = None) -> bytes:
         """Return the next message; acknowledges the one handed over before.
@@ -830,12 +856,11 @@ class KafkaSubscriber:
                     self._shutdown()
                     raise SubscriberClosedError("KafkaSubscriber is closed")
                 self._delivery.ack_handed()
-                record = self._delivery.take()
-                if record is not None:
-                    return record.value
+                if self._delivery.ready():
+                    return self._delivery.take().value  # type: ignore[union-attr]
                 with map_errors(_ERRORS, broker=self._broker):
                     self._commit(self._delivery.due(now=time.monotonic()), sync=False)
-                    self._poll(_slice(deadline))
+                    self._poll(0 if self._delivery.buffer else _slice(deadline))
                 record = self._delivery.take()
                 if record is not None:
                     return record.value
@@ -885,6 +910,9 @@ class KafkaSubscriber:
         if self._client_closed:
             return
         self._client_closed = True
+        # The client revokes its partitions while closing; the last handed
+        # message must not count as acknowledged then.
+        self._delivery.handed = None
         try:
             self._commit(self._delivery.due(), sync=True)
         except Exception as error:  # closing must not fail on a lost broker
@@ -1071,19 +1099,19 @@ class AsyncKafkaSubscriber:
         while True:
             if self._closed:
                 raise SubscriberClosedError("AsyncKafkaSubscriber is closed")
-            record = self._delivery.take()
-            if record is not None:
-                return record.value
+            if self._delivery.ready():
+                return self._delivery.take().value  # type: ignore[union-attr]
             with map_errors(_ERRORS, broker=self._broker):
                 await self._commit(self._delivery.due(now=time.monotonic()))
                 if self._closed:
                     continue
-                batches = await self._client.getmany(timeout_ms=int(_slice(deadline) * 1000))
-            for records in batches.values():
-                self._delivery.buffer.extend(
-                    _Record(r.topic, r.partition, r.offset, r.value) for r in records
-                )
-            if not self._delivery.buffer and _expired(deadline):
+                wait = 0 if self._delivery.buffer else _slice(deadline)
+                batches = await self._client.getmany(timeout_ms=int(wait * 1000))
+            # No await between getmany returning and buffering: cancel-safe.
+            self._delivery.extend(batches)
+            if self._delivery.buffer:
+                return self._delivery.take().value  # type: ignore[union-attr]
+            if _expired(deadline):
                 raise StreamTimeoutError(f"No message within {timeout} s")
 
     async def ack(self) -> None:
@@ -1120,6 +1148,7 @@ class AsyncKafkaSubscriber:
         self._closed = True
         if self._client_closed:
             return
+        self._delivery.handed = None  # stop() revokes; do not ack the last one
         try:
             await self._commit(self._delivery.due())
         except Exception as error:

@@ -107,13 +107,15 @@ def _dead() -> str:
 
 
 def unreachable_publisher() -> None:
-    publisher = KafkaPublisher.from_bootstrap(_dead())
+    publisher = KafkaPublisher.from_bootstrap(_dead(), bootstrap_timeout_ms=2000)
     publisher.send("pss-unreachable", b"x")
     publisher.flush()
 
 
 def unreachable_subscriber() -> None:
-    subscriber = KafkaSubscriber.from_bootstrap(_dead(), ["pss-unreachable"], group_id="g")
+    subscriber = KafkaSubscriber.from_bootstrap(
+        _dead(), ["pss-unreachable"], group_id="g", bootstrap_timeout_ms=2000
+    )
     subscriber.receive(1.0)
 
 
