@@ -61,8 +61,7 @@ class TopicClosedError(StreamError, RuntimeError):
     def __init__(self, topic: str) -> None:
         self.topic = topic
         super().__init__(
-            f"Topic {topic!r} was closed by this producer; "
-            "no more objects can be sent to it.",
+            f"Topic {topic!r} was closed by this producer; no more objects can be sent to it.",
         )
 
 
@@ -176,8 +175,7 @@ class MissingDependencyError(StreamError, ImportError):
         self.package = package
         self.extra = extra
         super().__init__(
-            f"{module} needs {package}; install it with "
-            f"pip install 'proxystore-stream[{extra}]'",
+            f"{module} needs {package}; install it with pip install 'proxystore-stream[{extra}]'",
             name=package,
         )
 

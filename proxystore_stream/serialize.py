@@ -6,10 +6,10 @@ envelope names the serializer used; a consumer only uses serializers
 registered in this process, so a message can never choose the code that
 decodes it.
 
-| name | what it accepts | can run code on load? |
+| name | accepts | runs code on load? |
 | --- | --- | --- |
-| `pickle` (default) | any picklable object; protocol 5 with out-of-band buffers | yes: only load pickles from brokers you trust, or sign messages |
-| `msgpack` | plain data: None, bool, int, float, str, bytes, list, dict | no |
+| `pickle` (default) | any picklable object (protocol 5, out-of-band) | yes: trust or sign |
+| `msgpack` | None, bool, int, float, str, bytes, list, dict | no |
 """
 
 from __future__ import annotations

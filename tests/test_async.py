@@ -39,7 +39,9 @@ def test_async_round_trip_with_store_and_filter(tmp_path: Path) -> None:
         q: queue.Queue[bytes] = queue.Queue()
         store: Store[Any] = Store("s", FileConnector(tmp_path))
         async with AsyncStreamProducer(
-            AsyncQueuePublisher({"t": q}), default_store=store, batch_size=4,
+            AsyncQueuePublisher({"t": q}),
+            default_store=store,
+            batch_size=4,
         ) as producer:
             for i in range(10):
                 await producer.send("t", {"i": i}, metadata={"i": i})
@@ -47,7 +49,8 @@ def test_async_round_trip_with_store_and_filter(tmp_path: Path) -> None:
             with pytest.raises(TopicClosedError):
                 await producer.send("t", 1)
         consumer: AsyncStreamConsumer[Any] = AsyncStreamConsumer(
-            AsyncQueueSubscriber(q), filter_=lambda m: m["i"] % 3 == 0,
+            AsyncQueueSubscriber(q),
+            filter_=lambda m: m["i"] % 3 == 0,
         )
         items = [item async for item in consumer]
         assert all(isinstance(item, Proxy) for item in items)
@@ -61,7 +64,9 @@ def test_async_next_variants_timeout_and_malformed() -> None:
     async def main() -> None:
         q: queue.Queue[bytes] = queue.Queue()
         producer: AsyncStreamProducer[Any] = AsyncStreamProducer(AsyncQueuePublisher({"t": q}))
-        consumer: AsyncStreamConsumer[Any] = AsyncStreamConsumer(AsyncQueueSubscriber(q), topics=["t"])
+        consumer: AsyncStreamConsumer[Any] = AsyncStreamConsumer(
+            AsyncQueueSubscriber(q), topics=["t"]
+        )
         await producer.send("t", "a", metadata={"k": 1})
         await producer.send("t", "b")
         assert await consumer.next_with_metadata() == ({"k": 1}, "a")

@@ -34,8 +34,10 @@ def test_proxy_is_transparent_and_resolves_once() -> None:
     proxy: Proxy[list[int]] = Proxy(factory)
     assert not is_resolved(proxy)
     assert isinstance(proxy, list)
-    assert proxy + [4] == [1, 2, 3, 4]
-    assert len(proxy) == 3 and proxy[0] == 1 and 2 in proxy
+    assert [*proxy, 4] == [1, 2, 3, 4]
+    assert len(proxy) == 3
+    assert proxy[0] == 1
+    assert 2 in proxy
     assert proxy.count(2) == 1
     assert is_resolved(proxy)
     assert factory.calls == 1
@@ -77,7 +79,8 @@ def test_proxy_resolves_in_a_spawned_process(tmp_path: Path) -> None:
     child.join(timeout=30)
     assert child.exitcode == 0
     assert (name, resolved_on_arrival) == ("Proxy", False)
-    assert total == float(array.sum()) and shape == (1000,)
+    assert total == float(array.sum())
+    assert shape == (1000,)
     assert not is_resolved(proxy), "the parent never resolved it"
     assert not store.exists(key), "evict-on-resolve happened in the child"
 

@@ -36,8 +36,8 @@ def _pairs() -> list[tuple[type, type]]:
         except ImportError:
             continue
         for attr in getattr(module, "__all__", []):
-            if attr.startswith("Async") and hasattr(module, attr[len("Async"):]):
-                pairs.append((getattr(module, attr[len("Async"):]), getattr(module, attr)))
+            if attr.startswith("Async") and hasattr(module, attr[len("Async") :]):
+                pairs.append((getattr(module, attr[len("Async") :]), getattr(module, attr)))
     return pairs
 
 

@@ -231,11 +231,7 @@ class ProducerState(Generic[T]):
 
     def flush_all(self) -> list[ReadyBatch[T]]:
         """Return a batch for every topic with buffered objects."""
-        return [
-            self._take(topic, state)
-            for topic, state in self._topics.items()
-            if state.buffer
-        ]
+        return [self._take(topic, state) for topic, state in self._topics.items() if state.buffer]
 
     def close_topic(self, topic: str) -> ReadyBatch[T] | None:
         """Close a topic: its remaining objects plus end of stream, once."""

@@ -53,8 +53,7 @@ def _queue_for(queues: Mapping[str, AnyQueue], topic: str) -> AnyQueue:
         return queues[topic]
     except KeyError:
         raise ValueError(
-            f"No queue for topic {topic!r}; this publisher has queues for "
-            f"{sorted(queues)}.",
+            f"No queue for topic {topic!r}; this publisher has queues for {sorted(queues)}.",
         ) from None
 
 

@@ -405,6 +405,9 @@ class RabbitMQPublisher:
                 broker=self._broker,
             )
 
+    def open(self) -> None:
+        """Do nothing: the constructor already connected (parity with the async twin)."""
+
     def close(self) -> None:
         """Flush and close the connection (idempotent)."""
         if self._closed:
@@ -581,6 +584,9 @@ class RabbitMQSubscriber:
                 raise SubscriberClosedError("RabbitMQSubscriber is closed")
             with map_errors(_PIKA_ERRORS, broker=self._broker):
                 self._ack_handed()
+
+    def open(self) -> None:
+        """Do nothing: the constructor already subscribed (parity with the async twin)."""
 
     def close(self) -> None:
         """Close the subscriber (idempotent, callable from any thread).

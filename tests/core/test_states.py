@@ -82,7 +82,8 @@ def test_filter_runs_before_batching() -> None:
 def test_closed_topic_refuses_objects_and_ends_once() -> None:
     state = producer()
     first = state.close_topic("t")
-    assert first is not None and first.end_of_stream
+    assert first is not None
+    assert first.end_of_stream
     assert state.close_topic("t") is None
     with pytest.raises(TopicClosedError) as info:
         state.submit("t", 1)
@@ -101,8 +102,12 @@ def test_bad_metadata_fails_the_send_that_passed_it(metadata: Any, match: str) -
 
 @pytest.mark.parametrize(
     ("kwargs", "error"),
-    [({"batch_size": 0}, ValueError), ({"inline_threshold": -1}, ValueError),
-     ({"filter_": 3}, TypeError), ({"aggregator": "x"}, TypeError)],
+    [
+        ({"batch_size": 0}, ValueError),
+        ({"inline_threshold": -1}, ValueError),
+        ({"filter_": 3}, TypeError),
+        ({"aggregator": "x"}, TypeError),
+    ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error):
@@ -144,7 +149,8 @@ def test_consumer_filter_discards_evictable_stored_objects() -> None:
     consumer = ConsumerState(filter_=lambda m: not m["keep"])
     consumer.receive(messages(state, ready)[0])
     first = consumer.next_step()
-    assert isinstance(first, Discard) and first.key == "key0"
+    assert isinstance(first, Discard)
+    assert first.key == "key0"
     # The non-evicting object is skipped without a Discard (someone else owns it).
     assert consumer.next_step() is NEED_MESSAGE
 

@@ -234,7 +234,9 @@ def test_stream_producer_consumer_end_to_end(driver: Driver, tmp_path: Path) -> 
     objects = [{"i": i, "blob": bytes([i]) * (10 if i % 2 else 100_000)} for i in range(20)]
 
     if isinstance(driver, SyncDriver):
-        producer: Any = StreamProducer(pub, stores={topic: store}, inline_threshold=1024, batch_size=3)
+        producer: Any = StreamProducer(
+            pub, stores={topic: store}, inline_threshold=1024, batch_size=3
+        )
         for i, obj in enumerate(objects):
             producer.send(topic, obj, metadata={"i": i})
         producer.close(topics=[topic], publisher=False)
@@ -242,7 +244,9 @@ def test_stream_producer_consumer_end_to_end(driver: Driver, tmp_path: Path) -> 
     else:
 
         async def run() -> list[Any]:
-            producer = AsyncStreamProducer(pub, stores={topic: store}, inline_threshold=1024, batch_size=3)
+            producer = AsyncStreamProducer(
+                pub, stores={topic: store}, inline_threshold=1024, batch_size=3
+            )
             for i, obj in enumerate(objects):
                 await producer.send(topic, obj, metadata={"i": i})
             await producer.close(topics=[topic], publisher=False)

@@ -16,9 +16,7 @@ from proxystore_stream.store.connectors.protocols import Key
 
 __all__ = ["MemoryConnector"]
 
-_instances: weakref.WeakValueDictionary[str, MemoryConnector] = (
-    weakref.WeakValueDictionary()
-)
+_instances: weakref.WeakValueDictionary[str, MemoryConnector] = weakref.WeakValueDictionary()
 
 
 class MemoryConnector:
