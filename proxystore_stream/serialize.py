@@ -10,6 +10,7 @@ decodes it.
 | --- | --- | --- |
 | `pickle` (default) | any picklable object (protocol 5, out-of-band) | yes: trust or sign |
 | `msgpack` | None, bool, int, float, str, bytes, list, dict | no |
+| `raw` | `bytes` only, stored as they are (chosen automatically) | no |
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from proxystore_stream.exceptions import MalformedMessageError
 __all__ = [
     "MsgpackSerializer",
     "PickleSerializer",
+    "RawBytesSerializer",
     "Serializer",
     "get_serializer",
     "register_serializer",
@@ -159,9 +161,37 @@ class MsgpackSerializer:
             raise MalformedMessageError(f"invalid msgpack object: {exc!r}") from exc
 
 
+class RawBytesSerializer:
+    """`bytes` stored exactly as they are, with no header.
+
+    Stores use it automatically for `bytes` objects so that reading one back
+    is a single read into the returned object: any header in front of the
+    data would force a copy to slice it off, since `bytes` cannot be a view.
+    """
+
+    name = "raw"
+
+    def dumps(self, obj: Any) -> list[Buffer]:
+        """Return the bytes as the only frame.
+
+        Raises:
+            TypeError: If `obj` is not `bytes`.
+        """
+        if type(obj) is not bytes:
+            raise TypeError(f"RawBytesSerializer takes bytes, not {type(obj).__name__}")
+        return [obj]
+
+    def loads(self, data: Buffer) -> Any:
+        """Return the data as `bytes` (without a copy if it already is)."""
+        return data if type(data) is bytes else bytes(data)
+
+
+RAW = RawBytesSerializer()
+
 _SERIALIZERS: dict[str, Serializer] = {
     "pickle": PickleSerializer(),
     "msgpack": MsgpackSerializer(),
+    "raw": RAW,
 }
 
 

@@ -85,12 +85,16 @@ def test_proxy_resolves_in_a_spawned_process(tmp_path: Path) -> None:
     assert not store.exists(key), "evict-on-resolve happened in the child"
 
 
-def test_numpy_round_trip_through_file_store_is_writable(tmp_path: Path) -> None:
+def test_numpy_and_bytes_round_trip_through_file_store(tmp_path: Path) -> None:
     store: Store[Any] = Store("s", FileConnector(tmp_path))
     array = np.random.default_rng(0).random((64, 64))
     out = store.get(store.put(array))
     assert np.array_equal(out, array)
-    out[0, 0] = 5.0  # writable: read into a bytearray, no extra copy
+    assert not out.flags.writeable, "a zero-copy view of the read buffer"
+    blob = bytes(range(256)) * 4096
+    key = store.put(blob)
+    assert (tmp_path / key).stat().st_size == len(blob) + 1  # tagged by put()
+    assert store.get(key) == blob
 
 
 def test_missing_key_error_carries_facts(tmp_path: Path) -> None:

@@ -40,13 +40,12 @@ T = TypeVar("T")
 class StoreView(Protocol):
     """The pure parts of a Store the core needs (no I/O)."""
 
-    @property
-    def serializer(self) -> Serializer:
-        """The store's serializer."""
+    def serializer_for(self, obj: Any) -> Serializer:
+        """The serializer the store writes `obj` with."""
         ...
 
-    def config(self) -> StoreConfig:
-        """The store's config, as carried in key events."""
+    def config(self, serializer: str | None = None) -> StoreConfig:
+        """The store's config for objects written with `serializer`."""
         ...
 
 
@@ -267,24 +266,30 @@ class ProducerState(Generic[T]):
         to_store: list[list[Buffer]] = []
         key_slots: list[int] = []
         events: list[list[Any]] = []
+        stores: list[list[Any]] = []
+        store_index: dict[str, int] = {}
         for item in ready.objects:
             if store is None:
                 data = b"".join(self._serializer.dumps(item.obj))
                 events.append([INLINE, data, item.metadata])
                 continue
-            frames = store.serializer.dumps(item.obj)
+            serializer = store.serializer_for(item.obj)
+            frames = serializer.dumps(item.obj)
             if self._threshold is not None and _size(frames) < self._threshold:
-                if store.serializer.name != self._serializer.name:
+                if serializer.name != self._serializer.name:
                     frames = self._serializer.dumps(item.obj)
                 events.append([INLINE, b"".join(frames), item.metadata])
-            else:
-                to_store.append(frames)
-                key_slots.append(len(events))
-                # The key (index 1) is filled in by PreparedBatch.message().
-                events.append([KEY, None, 0, item.evict, item.metadata])
+                continue
+            index = store_index.get(serializer.name)
+            if index is None:
+                index = store_index[serializer.name] = len(stores)
+                stores.append(store_fields(store.config(serializer.name)))
+            to_store.append(frames)
+            key_slots.append(len(events))
+            # The key (index 1) is filled in by PreparedBatch.message().
+            events.append([KEY, None, index, item.evict, item.metadata])
         if ready.end_of_stream:
             events.append([END])
-        stores = [store_fields(store.config())] if store is not None and to_store else []
         return PreparedBatch(
             ready.topic,
             to_store,

@@ -12,6 +12,7 @@ from typing import TypeVar
 from proxystore_stream._types import Buffer
 from proxystore_stream.events import StoreConfig
 from proxystore_stream.proxy import Proxy
+from proxystore_stream.serialize import RAW
 from proxystore_stream.serialize import PickleSerializer
 from proxystore_stream.serialize import Serializer
 from proxystore_stream.store.connectors.protocols import Connector
@@ -54,7 +55,7 @@ class Store(Generic[T]):
         self.name = name
         self.connector = connector
         self.serializer: Serializer = serializer or _DEFAULT_SERIALIZER
-        self._config: StoreConfig | None = None
+        self._configs: dict[str, StoreConfig] = {}
 
     def __repr__(self) -> str:
         return f"Store({self.name!r}, {type(self.connector).__name__})"
@@ -70,16 +71,29 @@ class Store(Generic[T]):
     ) -> None:
         self.close()
 
-    def config(self) -> StoreConfig:
-        """Return what a consumer in any process needs to reach this store."""
-        if self._config is None:
-            self._config = StoreConfig(
+    def config(self, serializer: str | None = None) -> StoreConfig:
+        """Return what a consumer in any process needs to reach this store.
+
+        Args:
+            serializer: Name of the serializer the objects were written with
+                (default: this store's).
+        """
+        name = serializer or self.serializer.name
+        config = self._configs.get(name)
+        if config is None:
+            config = self._configs[name] = StoreConfig(
                 self.name,
                 self.connector.kind,
                 self.connector.config(),
-                self.serializer.name,
+                name,
             )
-        return self._config
+        return config
+
+    def serializer_for(self, obj: Any) -> Serializer:
+        """The serializer to write `obj` with: raw for `bytes` under pickle."""
+        if type(obj) is bytes and self.serializer.name == "pickle":
+            return RAW
+        return self.serializer
 
     def put(self, obj: T) -> str:
         """Serialize and store `obj`; return its key."""
@@ -127,7 +141,8 @@ class Store(Generic[T]):
         from proxystore_stream.store.registry import forget_store
 
         self.connector.close()
-        forget_store(self.config())
+        for config in [self.config(), *self._configs.values()]:
+            forget_store(config)
 
     @classmethod
     def from_config(cls, config: StoreConfig) -> Store[Any]:

@@ -23,10 +23,11 @@ SERIALIZER = PickleSerializer()
 class FakeStoreView:
     """The pure part of a store: serializer and config (no I/O in the core)."""
 
-    serializer = SERIALIZER
+    def serializer_for(self, obj: Any) -> PickleSerializer:
+        return SERIALIZER
 
-    def config(self) -> StoreConfig:
-        return StoreConfig("s", "memory", {"instance": "x"})
+    def config(self, serializer: str | None = None) -> StoreConfig:
+        return StoreConfig("s", "memory", {"instance": "x"}, serializer or "pickle")
 
 
 def producer(**kwargs: Any) -> ProducerState[Any]:

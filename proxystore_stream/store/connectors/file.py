@@ -27,8 +27,9 @@ class FileConnector:
     """Keeps each serialized object in its own file under `directory`.
 
     Works across processes on one host, and across hosts on a shared file
-    system. Frames are written with vectored writes (no joining copy) and
-    read into a writable buffer, so NumPy arrays come back writable.
+    system. Frames are written with one vectored write (no joining copy) and
+    read back with one read; NumPy arrays come back as read-only views of
+    that buffer (no copy: call ``.copy()`` to modify one).
 
     Args:
         directory: Where the files go (created if missing).
@@ -75,25 +76,15 @@ class FileConnector:
         """Write several blobs."""
         return [self.put(frames) for frames in blobs]
 
-    def get(self, key: Key) -> bytearray | None:
+    def get(self, key: Key) -> bytes | None:
         """Read the blob under `key`, or None if there is none."""
         try:
-            fd = os.open(self._path(key), os.O_RDONLY)
+            with open(self._path(key), "rb", buffering=0) as f:
+                # One read into a new bytes object of the file's size: no
+                # zero-filled buffer, no later copy.
+                return f.read()
         except FileNotFoundError:
             return None
-        try:
-            size = os.fstat(fd).st_size
-            data = bytearray(size)
-            view = memoryview(data)
-            done = 0
-            while done < size:
-                n = os.readv(fd, [view[done:]])
-                if n == 0:
-                    break
-                done += n
-            return data if done == size else data[:done]
-        finally:
-            os.close(fd)
 
     def exists(self, key: Key) -> bool:
         """Whether a file for `key` exists."""
