@@ -257,6 +257,10 @@ def test_confluent_clients(servers: str) -> None:
             "group.id": f"g-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            # librdkafka's defaults make tansu hold the first join ~23 s.
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+            "max.poll.interval.ms": 6000,
         },
     )
     sub = KafkaSubscriber(consumer, topics=[topic])
