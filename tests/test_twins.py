@@ -14,6 +14,11 @@ from proxystore_stream import StreamProducer
 
 SHIM_MODULES = ["queue", "local", "redis", "zmq", "kafka", "rabbitmq"]
 
+# Constructors that take a client object of a different library on each side
+# (kafka-python vs aiokafka) differ in what they can derive from it; every
+# other method of these pairs must still match.
+DIFFERENT_CONSTRUCTORS = {"KafkaPublisher", "KafkaSubscriber"}
+
 
 def _public(cls: type) -> dict[str, inspect.Signature]:
     methods = {}
@@ -46,6 +51,8 @@ def test_twins_have_the_same_methods_and_signatures(sync: type, async_: type) ->
     sync_methods, async_methods = _public(sync), _public(async_)
     assert sorted(sync_methods) == sorted(async_methods)
     for name, signature in sync_methods.items():
+        if name == "__init__" and sync.__name__ in DIFFERENT_CONSTRUCTORS:
+            continue
         assert list(signature.parameters) == list(async_methods[name].parameters), name
         for param, value in signature.parameters.items():
             assert value.default == async_methods[name].parameters[param].default, (name, param)
