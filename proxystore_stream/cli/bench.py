@@ -43,6 +43,7 @@ from dataclasses import field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.progress import BarColumn
@@ -362,8 +363,14 @@ def _open_store(kind: str, directory: Path) -> Store[Any] | None:
 
     # Raises MissingDependencyError naming the [redis] extra if needed.
     cls = connector_class("redis")
-    url = os.environ.get("PSS_REDIS_URL", "redis://127.0.0.1:6379/0")
-    return Store(name, cls.from_config({"url": url}))
+    url = urlsplit(os.environ.get("PSS_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    db = int(url.path.lstrip("/") or 0)
+    return Store(
+        name,
+        cls.from_config(
+            {"hostname": url.hostname or "127.0.0.1", "port": url.port or 6379, "db": db}
+        ),
+    )
 
 
 def _producer_loop(
