@@ -12,6 +12,7 @@ from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 from typing import Generic
+from typing import Self
 from typing import TypeVar
 
 from proxystore_stream.exceptions import require
@@ -33,6 +34,7 @@ from proxystore_stream.exceptions import BrokerConnectionError
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
 from proxystore_stream.shims._errors import ErrorMap
+from proxystore_stream.shims._errors import map_errors
 
 __all__ = [
     "CONNECTION_ERRORS",
@@ -252,3 +254,104 @@ class PendingFetch(Generic[T]):
             await asyncio.wait({task})
             if not task.cancelled():
                 task.exception()  # retrieved, so asyncio does not log it
+
+
+class CommandPublisher:
+    """Sync publisher sending each message with one Redis command.
+
+    The pub/sub and list-queue publishers differ only in that command
+    (PUBLISH or LPUSH); subclasses name it in `command` and document it.
+    """
+
+    command: str
+    """Name of the redis-py method called as ``method(topic, message)``."""
+
+    protocol = 2
+    connection_errors = CONNECTION_ERRORS
+
+    def __init__(self, hostname: str, port: int, **kwargs: Any) -> None:
+        options = client_kwargs(hostname, port, kwargs, protocol=self.protocol)
+        self._broker = broker_name(hostname, port, options)
+        self._client = redis.Redis(**options)
+        self._run = getattr(self._client, self.command)
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Self:
+        """Make a publisher from a ``redis://``, ``rediss://`` or ``unix://`` URL.
+
+        Args:
+            url: Redis URL, e.g. ``redis://user:secret@127.0.0.1:6379/1``.
+            **kwargs: Passed to `redis.Redis`; they win over the URL.
+        """
+        hostname, port, options = url_arguments(url)
+        return cls(hostname, port, **{**options, **kwargs})
+
+    def send(self, topic: str, message: bytes) -> None:
+        """Send a message to `topic`.
+
+        Raises:
+            TypeError: If `topic` is not a str or `message` not bytes.
+            RuntimeError: If the publisher is closed.
+            BrokerConnectionError: If Redis cannot be reached.
+        """
+        check_topic(topic)
+        check_message(message)
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+        with map_errors(ERRORS, broker=self._broker):
+            self._run(topic, message)
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._closed = True
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncCommandPublisher:
+    """Async twin of `CommandPublisher` (redis.asyncio)."""
+
+    command: str
+    """Name of the redis.asyncio method awaited as ``method(topic, message)``."""
+
+    protocol = 2
+    connection_errors = CONNECTION_ERRORS
+
+    def __init__(self, hostname: str, port: int, **kwargs: Any) -> None:
+        options = client_kwargs(hostname, port, kwargs, protocol=self.protocol, asyncio=True)
+        self._broker = broker_name(hostname, port, options)
+        self._client = redis.asyncio.Redis(**options)
+        self._run = getattr(self._client, self.command)
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Self:
+        """Make a publisher from a Redis URL (see `CommandPublisher.from_url`)."""
+        hostname, port, options = url_arguments(url)
+        return cls(hostname, port, **{**options, **kwargs})
+
+    async def send(self, topic: str, message: bytes) -> None:
+        """Send a message to `topic` (see `CommandPublisher.send`)."""
+        check_topic(topic)
+        check_message(message)
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+        with map_errors(ERRORS, broker=self._broker):
+            await self._run(topic, message)
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._closed = True
+        await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -59,10 +59,10 @@ from proxystore_stream.shims._errors import map_errors
 from proxystore_stream.shims.redis._common import CONNECTION_ERRORS
 from proxystore_stream.shims.redis._common import ERRORS
 from proxystore_stream.shims.redis._common import SLICE_SECONDS
+from proxystore_stream.shims.redis._common import AsyncCommandPublisher
+from proxystore_stream.shims.redis._common import CommandPublisher
 from proxystore_stream.shims.redis._common import PendingFetch
 from proxystore_stream.shims.redis._common import broker_name
-from proxystore_stream.shims.redis._common import check_message
-from proxystore_stream.shims.redis._common import check_topic
 from proxystore_stream.shims.redis._common import client_kwargs
 from proxystore_stream.shims.redis._common import topic_list
 from proxystore_stream.shims.redis._common import url_arguments
@@ -117,8 +117,8 @@ def _subscribe_timeout(kwargs: dict[str, Any]) -> float:
     return float(timeout) if timeout else 10.0
 
 
-class RedisPublisher:
-    """Publisher sending each message with PUBLISH.
+class RedisPublisher(CommandPublisher):
+    """Publisher sending each message to the channel `topic` with PUBLISH.
 
     Args:
         hostname: Redis host.
@@ -130,50 +130,8 @@ class RedisPublisher:
         TypeError: If `hostname` or `port` has the wrong type.
     """
 
-    connection_errors = CONNECTION_ERRORS
-
-    def __init__(self, hostname: str, port: int, **kwargs: Any) -> None:
-        options = client_kwargs(hostname, port, kwargs, protocol=PROTOCOL)
-        self._broker = broker_name(hostname, port, options)
-        self._client = redis.Redis(**options)
-        self._closed = False
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> Self:
-        """Make a publisher from a ``redis://``, ``rediss://`` or ``unix://`` URL.
-
-        Args:
-            url: Redis URL, e.g. ``redis://user:secret@127.0.0.1:6379/1``.
-            **kwargs: Passed to `redis.Redis`; they win over the URL.
-        """
-        hostname, port, options = url_arguments(url)
-        return cls(hostname, port, **{**options, **kwargs})
-
-    def send(self, topic: str, message: bytes) -> None:
-        """Publish a message to the channel `topic`.
-
-        Raises:
-            TypeError: If `topic` is not a str or `message` not bytes.
-            RuntimeError: If the publisher is closed.
-            BrokerConnectionError: If Redis cannot be reached.
-        """
-        check_topic(topic)
-        check_message(message)
-        if self._closed:
-            raise RuntimeError("RedisPublisher is closed")
-        with map_errors(ERRORS, broker=self._broker):
-            self._client.publish(topic, message)
-
-    def close(self) -> None:
-        """Close the connection (idempotent)."""
-        self._closed = True
-        self._client.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    command = "publish"
+    protocol = PROTOCOL
 
 
 class RedisSubscriber:
@@ -339,48 +297,11 @@ class RedisSubscriber:
         self.close()
 
 
-class AsyncRedisPublisher:
+class AsyncRedisPublisher(AsyncCommandPublisher):
     """Async twin of `RedisPublisher` (redis.asyncio); same arguments."""
 
-    connection_errors = CONNECTION_ERRORS
-
-    def __init__(self, hostname: str, port: int, **kwargs: Any) -> None:
-        options = client_kwargs(
-            hostname,
-            port,
-            kwargs,
-            protocol=PROTOCOL,
-            asyncio=True,
-        )
-        self._broker = broker_name(hostname, port, options)
-        self._client = redis.asyncio.Redis(**options)
-        self._closed = False
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> Self:
-        """Make a publisher from a Redis URL (see `RedisPublisher.from_url`)."""
-        hostname, port, options = url_arguments(url)
-        return cls(hostname, port, **{**options, **kwargs})
-
-    async def send(self, topic: str, message: bytes) -> None:
-        """Publish a message to the channel `topic` (see `RedisPublisher.send`)."""
-        check_topic(topic)
-        check_message(message)
-        if self._closed:
-            raise RuntimeError("AsyncRedisPublisher is closed")
-        with map_errors(ERRORS, broker=self._broker):
-            await self._client.publish(topic, message)
-
-    async def close(self) -> None:
-        """Close the connection (idempotent)."""
-        self._closed = True
-        await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    command = "publish"
+    protocol = PROTOCOL
 
 
 class AsyncRedisSubscriber:
