@@ -105,6 +105,16 @@ def _state(
     )
 
 
+def _feed(state: ConsumerState, message: bytes, topic: str | None, skip: bool) -> None:
+    """Give a message to the core; with `skip`, log and drop a malformed one."""
+    try:
+        state.receive(message, topic=topic)
+    except MalformedMessageError:
+        if not skip:
+            raise
+        logger.warning("Skipped a malformed message", exc_info=True)
+
+
 def _topic_hint(subscriber: Any, topics: Iterable[str] | None) -> str | None:
     names = topics if topics is not None else getattr(subscriber, "topics", None)
     if isinstance(names, str):
@@ -202,12 +212,7 @@ class StreamConsumer(Generic[T]):
             step = self._state.next_step()
             if step is NEED_MESSAGE:
                 message = self._message(timeout)
-                try:
-                    self._state.receive(message, topic=self._topic_hint)
-                except MalformedMessageError:
-                    if not self._skip_malformed:
-                        raise
-                    logger.warning("Skipped a malformed message", exc_info=True)
+                _feed(self._state, message, self._topic_hint, self._skip_malformed)
             elif step is STREAM_END:
                 ack = getattr(self.subscriber, "ack", None)
                 if ack is not None:
@@ -355,12 +360,7 @@ class AsyncStreamConsumer(Generic[T]):
             step = self._state.next_step()
             if step is NEED_MESSAGE:
                 message = await self._message(timeout)
-                try:
-                    self._state.receive(message, topic=self._topic_hint)
-                except MalformedMessageError:
-                    if not self._skip_malformed:
-                        raise
-                    logger.warning("Skipped a malformed message", exc_info=True)
+                _feed(self._state, message, self._topic_hint, self._skip_malformed)
             elif step is STREAM_END:
                 ack = getattr(self.subscriber, "ack", None)
                 if ack is not None:

@@ -72,6 +72,13 @@ def connector_class(kind: str) -> type[Any]:
     return loaded
 
 
+def _cache_key(config: StoreConfig) -> bytes:
+    return msgpack.packb(  # type: ignore[no-any-return]
+        [config.name, config.kind, config.options, config.serializer],
+        use_bin_type=True,
+    )
+
+
 def store_from_config(config: StoreConfig) -> Store[Any]:
     """Return this process's store for `config`, building it on first use.
 
@@ -82,10 +89,7 @@ def store_from_config(config: StoreConfig) -> Store[Any]:
         UnknownConnectorError: If the config's kind is not registered.
         ValueError: If the connector rejects the options.
     """
-    cache_key = msgpack.packb(
-        [config.name, config.kind, config.options, config.serializer],
-        use_bin_type=True,
-    )
+    cache_key = _cache_key(config)
     store = _stores.get(cache_key)
     if store is not None:
         return store
@@ -107,8 +111,5 @@ def store_from_config(config: StoreConfig) -> Store[Any]:
 
 def forget_store(config: StoreConfig) -> None:
     """Drop a cached store (after it was closed)."""
-    cache_key = msgpack.packb(
-        [config.name, config.kind, config.options, config.serializer],
-        use_bin_type=True,
-    )
+    cache_key = _cache_key(config)
     _stores.pop(cache_key, None)
