@@ -7,6 +7,7 @@ is shadowed. The tree:
 StreamError
 ├── TopicClosedError(RuntimeError)          send() to a topic after closing it
 ├── SubscriberClosedError(RuntimeError)     receive() on a subscriber closed by us
+├── PublisherClosedError(RuntimeError)      send() on a publisher closed by us
 ├── BufferFullError(RuntimeError)           a bounded buffer is full and send may not wait
 ├── MalformedMessageError(ValueError)       bytes that are not a valid envelope
 │   └── MessageAuthenticationError          unsigned or tampered envelope
@@ -37,6 +38,7 @@ __all__ = [
     "MessageAuthenticationError",
     "MissingDependencyError",
     "ProxyResolveMissingKeyError",
+    "PublisherClosedError",
     "StoreError",
     "StreamError",
     "StreamTimeoutError",
@@ -67,6 +69,10 @@ class TopicClosedError(StreamError, RuntimeError):
 
 class SubscriberClosedError(StreamError, RuntimeError):
     """A receive was attempted on (or interrupted by) a closed subscriber."""
+
+
+class PublisherClosedError(StreamError, RuntimeError):
+    """A send was attempted on a publisher that was closed."""
 
 
 class BufferFullError(StreamError, RuntimeError):

@@ -75,6 +75,7 @@ from typing import Self
 from proxystore_stream._offload import SLICE_SECONDS
 from proxystore_stream.exceptions import BrokerConnectionError
 from proxystore_stream.exceptions import MalformedMessageError
+from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
 from proxystore_stream.exceptions import require
@@ -350,12 +351,12 @@ class ZeroMQPublisher:
         Raises:
             TypeError: If topic is not a str.
             ValueError: If topic contains NUL.
-            RuntimeError: If the publisher is closed.
+            PublisherClosedError: If the publisher is closed.
             BrokerConnectionError: If ZeroMQ refuses the send.
         """
         frame = self._frames(topic)
         if self._closed:
-            raise RuntimeError("ZeroMQPublisher is closed")
+            raise PublisherClosedError("ZeroMQPublisher is closed")
         # Inline try/except rather than map_errors: this is the hot path.
         try:
             self._socket.send(frame, zmq.SNDMORE)
@@ -623,7 +624,7 @@ class AsyncZeroMQPublisher:
         """Publish `message` to `topic` (see `ZeroMQPublisher.send`)."""
         frame = self._frames(topic)
         if self._closed:
-            raise RuntimeError("AsyncZeroMQPublisher is closed")
+            raise PublisherClosedError("AsyncZeroMQPublisher is closed")
         try:
             await self._socket.send_multipart(
                 [frame, message],

@@ -15,6 +15,7 @@ from typing import Generic
 from typing import Self
 from typing import TypeVar
 
+from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import require
 
 try:
@@ -292,13 +293,13 @@ class CommandPublisher:
 
         Raises:
             TypeError: If `topic` is not a str or `message` not bytes.
-            RuntimeError: If the publisher is closed.
+            PublisherClosedError: If the publisher is closed.
             BrokerConnectionError: If Redis cannot be reached.
         """
         check_topic(topic)
         check_message(message)
         if self._closed:
-            raise RuntimeError(f"{type(self).__name__} is closed")
+            raise PublisherClosedError(f"{type(self).__name__} is closed")
         with map_errors(ERRORS, broker=self._broker):
             self._run(topic, message)
 
@@ -341,7 +342,7 @@ class AsyncCommandPublisher:
         check_topic(topic)
         check_message(message)
         if self._closed:
-            raise RuntimeError(f"{type(self).__name__} is closed")
+            raise PublisherClosedError(f"{type(self).__name__} is closed")
         with map_errors(ERRORS, broker=self._broker):
             await self._run(topic, message)
 

@@ -61,6 +61,7 @@ from typing import Any
 from typing import Literal
 from typing import Self
 
+from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import require
 
 try:
@@ -322,13 +323,13 @@ class RedisStreamPublisher:
 
         Raises:
             TypeError: If `topic` is not a str or `message` not bytes.
-            RuntimeError: If the publisher is closed.
+            PublisherClosedError: If the publisher is closed.
             BrokerConnectionError: If Redis cannot be reached.
         """
         check_topic(topic)
         check_message(message)
         if self._closed:
-            raise RuntimeError("RedisStreamPublisher is closed")
+            raise PublisherClosedError("RedisStreamPublisher is closed")
         with map_errors(ERRORS, broker=self._broker):
             self._client.xadd(
                 topic,
@@ -623,7 +624,7 @@ class AsyncRedisStreamPublisher:
         check_topic(topic)
         check_message(message)
         if self._closed:
-            raise RuntimeError("AsyncRedisStreamPublisher is closed")
+            raise PublisherClosedError("AsyncRedisStreamPublisher is closed")
         with map_errors(ERRORS, broker=self._broker):
             await self._client.xadd(
                 topic,
