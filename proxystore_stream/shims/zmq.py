@@ -120,6 +120,9 @@ _MAX_CACHED_TOPICS = 4096
 # (XPUB keeps them in an unbounded in-memory queue until read).
 _DRAIN_EVERY = 1024
 _forwarder_ids = itertools.count()
+# Plain ints: combining pyzmq's flag enums costs more than the send itself.
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
 # Module-private pure helpers shared by the sync and async twins.
@@ -615,9 +618,14 @@ class AsyncZeroMQPublisher:
             if self._own_context:
                 self._context.term()
             raise
+        # The same socket through the plain API: a send that cannot block
+        # is made directly, without a pyzmq Future per call.
+        self._direct: zmq.Socket[Any] = zmq.Socket.shadow(self._socket.underlying)
         self._frames = _TopicFrames()
         self._counts = _SubscriptionCounts()
         self._sent = 0
+        self._waiting = 0
+        self._room = asyncio.Lock()
         self._closed = False
 
     async def send(self, topic: str, message: bytes) -> None:
@@ -625,16 +633,52 @@ class AsyncZeroMQPublisher:
         frame = self._frames(topic)
         if self._closed:
             raise PublisherClosedError("AsyncZeroMQPublisher is closed")
+        copy = type(message) is not bytes
         try:
-            await self._socket.send_multipart(
-                [frame, message],
-                copy=type(message) is not bytes,
-            )
+            if not self._waiting:
+                try:
+                    # An XPUB socket drops at its HWM instead of blocking, so
+                    # this is the path every send takes unless the caller
+                    # set xpub_nodrop; a refused first frame sends nothing.
+                    self._direct.send(frame, _SNDMORE_NOBLOCK)
+                except zmq.Again:
+                    pass
+                else:
+                    self._direct.send(message, _NOBLOCK, copy=copy)
+                    self._after_send()
+                    return
+            # Queue full under xpub_nodrop: wait for room, in send order.
+            self._waiting += 1
+            try:
+                async with self._room:
+                    await self._send_when_room(frame, message, copy)
+            finally:
+                self._waiting -= 1
         except zmq.ZMQError as exc:
             raise BrokerConnectionError(f"send failed: {exc}", broker=self.endpoint) from exc
+        self._after_send()
+
+    async def _send_when_room(self, frame: bytes, message: bytes, copy: bool) -> None:
+        # XPUB reports POLLOUT even when a nodrop queue is full (pyzmq's
+        # awaitable send then fails with EAGAIN), so retry on a short backoff.
+        # A cancelled wait has sent nothing.
+        delay = 0.001
+        while True:
+            if self._closed:
+                raise PublisherClosedError("AsyncZeroMQPublisher is closed")
+            try:
+                self._direct.send(frame, _SNDMORE_NOBLOCK)
+            except zmq.Again:
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, SLICE_SECONDS / 4)
+                continue
+            self._direct.send(message, _NOBLOCK, copy=copy)
+            return
+
+    def _after_send(self) -> None:
         self._sent += 1
         if self._sent % _DRAIN_EVERY == 0:
-            await self._drain()
+            self._drain_now()
 
     async def subscriber_count(self, topic: str) -> int:
         """Return how many live subscriptions cover `topic` right now."""
@@ -662,13 +706,15 @@ class AsyncZeroMQPublisher:
             await self._socket.poll(wait)
 
     async def _drain(self) -> None:
+        self._drain_now()
+
+    def _drain_now(self) -> None:
         if self._closed:
             return
         with map_errors(_ERRORS, broker=self.endpoint):
             while True:
                 try:
-                    # DONTWAIT resolves at once: no suspension, nothing lost.
-                    notice = await self._socket.recv(zmq.NOBLOCK)
+                    notice = self._direct.recv(_NOBLOCK)
                 except zmq.Again:
                     return
                 self._counts.apply(notice)
@@ -723,6 +769,9 @@ class AsyncZeroMQSubscriber:
         for prefix in prefixes:
             self._socket.setsockopt(zmq.SUBSCRIBE, prefix)
         self.endpoint = _open(self._socket, endpoint, bind=bind, options=settings)
+        # Reads through the plain API: a message that is already queued is
+        # taken without a pyzmq Future; only waiting goes through zmq.asyncio.
+        self._direct: zmq.Socket[Any] = zmq.Socket.shadow(self._socket.underlying)
         self._timeout = timeout
         self._closed = False
         self._receiving = 0
@@ -742,7 +791,7 @@ class AsyncZeroMQSubscriber:
         try:
             while not self._closed:
                 try:
-                    frames = await self._socket.recv_multipart(zmq.NOBLOCK)
+                    frames = self._direct.recv_multipart(_NOBLOCK)
                 except zmq.Again:
                     pass
                 except zmq.ZMQError as exc:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
+from proxystore_stream.cli.targets.zmq import open_async_endpoints
 from proxystore_stream.cli.targets.zmq import open_bare
 from proxystore_stream.cli.targets.zmq import open_endpoints
 from proxystore_stream.exceptions import BrokerConnectionError
@@ -383,6 +384,67 @@ def test_bench_target_ours_and_bare_100_messages() -> None:
         bare.close()
     with pytest.raises(ValueError, match="name"):
         open_endpoints("redis", "t")
+
+
+def test_async_bench_target_100_messages_in_order() -> None:
+    async def main() -> list[bytes]:
+        publisher, subscriber = await open_async_endpoints("zmq", "bench-async")
+        try:
+            sent = [b"async-%d" % i for i in range(100)]
+            for message in sent:
+                await publisher.send("bench-async", message)
+            return [await subscriber.receive(10) for _ in sent]
+        finally:
+            await subscriber.close()
+            await publisher.close()
+
+    assert asyncio.run(main()) == [b"async-%d" % i for i in range(100)]
+    with pytest.raises(ValueError, match="name"):
+        asyncio.run(open_async_endpoints("redis", "t"))
+
+
+def test_async_send_waits_for_room_under_xpub_nodrop_and_keeps_order() -> None:
+    # With xpub_nodrop a full queue makes send wait (the awaitable path)
+    # instead of dropping; every message must still arrive, in order.
+    async def main() -> tuple[int, list[int]]:
+        pub = AsyncZeroMQPublisher(LOCAL, 0, sndhwm=4, xpub_nodrop=True)
+        sub = AsyncZeroMQSubscriber(pub.endpoint, topic="t", rcvhwm=4)
+        try:
+            await pub.wait_for_subscribers("t")
+            body = b"x" * 65_528
+            sent = 0
+            for i in range(2_000):  # 128 MB at most: beyond HWMs and TCP buffers
+                try:
+                    await asyncio.wait_for(pub.send("t", b"%08d" % i + body), 0.5)
+                except TimeoutError:
+                    break
+                sent += 1
+            assert 0 < sent < 2_000, "send never waited for room"
+            # The send that timed out was cancelled; the next ones go through
+            # once the subscriber reads.
+            reader = asyncio.create_task(_receive_numbers(sub, sent + 3))
+            for i in range(sent + 1, sent + 3):
+                await asyncio.wait_for(pub.send("t", b"%08d" % i + body), 30)
+            return sent, await asyncio.wait_for(reader, 60)
+        finally:
+            await sub.close()
+            await pub.close()
+
+    sent, numbers = asyncio.run(main())
+    # Nothing dropped, nothing reordered; the send cancelled by the timeout
+    # (number `sent`) either went out whole or not at all.
+    assert numbers in ([*range(sent), sent + 1, sent + 2], list(range(sent + 3)))
+
+
+async def _receive_numbers(sub: AsyncZeroMQSubscriber, most: int) -> list[int]:
+    """Sequence numbers of what arrives until 2 s of quiet (`most` at most)."""
+    numbers = []
+    for _ in range(most):
+        try:
+            numbers.append(int((await sub.receive(2))[:8]))
+        except StreamTimeoutError:
+            break
+    return numbers
 
 
 def test_missing_pyzmq_names_the_extra() -> None:

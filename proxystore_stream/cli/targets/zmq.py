@@ -2,6 +2,7 @@
 
 Both sides bind a free loopback port and use the same high-water mark
 (`DEFAULT_HWM`), so the comparison measures the shim, not a queue size.
+`open_async_endpoints` gives the zmq.asyncio twins, set up the same way.
 
 Run ``python -m proxystore_stream.cli.targets.zmq`` for a smoke check and a
 side-by-side timing of our shim against bare pyzmq.
@@ -22,10 +23,12 @@ except ImportError as e:  # pragma: no cover - exercised by the extras test
 
 from proxystore_stream.cli.targets import BareClient
 from proxystore_stream.shims.zmq import DEFAULT_HWM
+from proxystore_stream.shims.zmq import AsyncZeroMQPublisher
+from proxystore_stream.shims.zmq import AsyncZeroMQSubscriber
 from proxystore_stream.shims.zmq import ZeroMQPublisher
 from proxystore_stream.shims.zmq import ZeroMQSubscriber
 
-__all__ = ["open_bare", "open_endpoints"]
+__all__ = ["open_async_endpoints", "open_bare", "open_endpoints"]
 
 _NAMES = ("zmq",)
 _READY_TIMEOUT = 10.0
@@ -58,6 +61,37 @@ def open_endpoints(name: str, topic: str) -> tuple[ZeroMQPublisher, ZeroMQSubscr
             raise
     except BaseException:
         publisher.close()
+        raise
+    return publisher, subscriber
+
+
+async def open_async_endpoints(
+    name: str,
+    topic: str,
+) -> tuple[AsyncZeroMQPublisher, AsyncZeroMQSubscriber]:
+    """Return the async twins of `open_endpoints`, the subscriber ready.
+
+    Call it on the event loop that will use the endpoints.
+
+    Args:
+        name: ``"zmq"``.
+        topic: Topic to send and receive on.
+
+    Raises:
+        ValueError: If `name` is not a ZeroMQ shim.
+        StreamTimeoutError: If the subscription does not arrive in 10 s.
+    """
+    _check(name)
+    publisher = AsyncZeroMQPublisher("127.0.0.1", 0)
+    try:
+        subscriber = AsyncZeroMQSubscriber(publisher.endpoint, topic=topic)
+        try:
+            await publisher.wait_for_subscribers(topic, timeout=_READY_TIMEOUT)
+        except BaseException:
+            await subscriber.close()
+            raise
+    except BaseException:
+        await publisher.close()
         raise
     return publisher, subscriber
 
