@@ -53,6 +53,7 @@ from typing import Self
 from typing import TypeVar
 
 from proxystore_stream.exceptions import BufferFullError
+from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
 
@@ -398,10 +399,10 @@ class LocalPublisher:
             BufferFullError: If a `"block"` subscriber stayed full for
                 `timeout` seconds (the other subscribers got the message).
             TypeError: If `topic` is not a str or `message` not bytes.
-            ValueError: If the publisher is closed.
+            PublisherClosedError: If the publisher is closed.
         """
         if self._closed:
-            raise ValueError("LocalPublisher is closed")
+            raise PublisherClosedError("LocalPublisher is closed")
         if type(message) is not bytes or type(topic) is not str:
             message = _check_send(topic, message)
         subscribers = self._broker._topics.get(topic)
@@ -537,7 +538,7 @@ class AsyncLocalPublisher:
         keep the message and the full ones do not get it.
         """
         if self._closed:
-            raise ValueError("AsyncLocalPublisher is closed")
+            raise PublisherClosedError("AsyncLocalPublisher is closed")
         if type(message) is not bytes or type(topic) is not str:
             message = _check_send(topic, message)
         subscribers = self._broker._topics.get(topic)

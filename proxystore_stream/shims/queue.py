@@ -8,9 +8,15 @@
 | no subscriber | messages wait in the queue (up to its `maxsize`) |
 | acknowledgement | none; a message is gone once received |
 | max message size | memory (multiprocessing: the pipe's pickled bytes) |
+| queue full | `send` waits for room, or raises `BufferFullError` (see below) |
 
 The publisher maps each topic to one queue; a subscriber reads one queue.
 A `multiprocessing.Queue` works across processes (pass it to the child).
+
+Backpressure: give the queue a `maxsize` to bound its memory. When it is
+full, `send` waits for room (`block=True`, at most `timeout` seconds) or
+raises `BufferFullError` (`block=False`, or the timeout expired); a slow
+consumer then slows the producer down instead of growing the queue.
 
 Example:
     ```python
@@ -35,6 +41,7 @@ from typing import TypeAlias
 from proxystore_stream._offload import SLICE_SECONDS
 from proxystore_stream._offload import OffloadedReceive
 from proxystore_stream.exceptions import BufferFullError
+from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
 
@@ -55,6 +62,18 @@ def _queue_for(queues: Mapping[str, AnyQueue], topic: str) -> AnyQueue:
         raise ValueError(
             f"No queue for topic {topic!r}; this publisher has queues for {sorted(queues)}.",
         ) from None
+
+
+def _check_send(topic: str, message: bytes) -> bytes:
+    if type(topic) is not str:
+        raise TypeError(f"topic must be a str, not {type(topic).__name__}")
+    if type(message) is bytes:
+        return message
+    if isinstance(message, bytearray | memoryview):
+        # Copied: a queue.Queue passes objects by reference, so a caller
+        # reusing its buffer would otherwise change a queued message.
+        return bytes(message)
+    raise TypeError(f"message must be bytes, not {type(message).__name__}")
 
 
 def _check_queues(queues: Mapping[str, AnyQueue]) -> Mapping[str, AnyQueue]:
@@ -85,14 +104,25 @@ class QueuePublisher:
         self._queues = _check_queues(queues)
         self._block = block
         self._timeout = timeout
+        self._closed = False
 
     def send(self, topic: str, message: bytes) -> None:
         """Put a message on the topic's queue.
 
+        Args:
+            topic: Topic to send to.
+            message: The message (bytearray and memoryview are copied).
+
         Raises:
+            TypeError: If `topic` is not a str or `message` not bytes.
             ValueError: If the topic has no queue.
             BufferFullError: If the queue stayed full (or `block` is False).
+            PublisherClosedError: If the publisher is closed.
         """
+        if self._closed:
+            raise PublisherClosedError("QueuePublisher is closed")
+        if type(message) is not bytes or type(topic) is not str:
+            message = _check_send(topic, message)
         try:
             _queue_for(self._queues, topic).put(
                 message,
@@ -103,7 +133,8 @@ class QueuePublisher:
             raise BufferFullError(f"Queue of topic {topic!r} is full") from None
 
     def close(self) -> None:
-        """Close this publisher (the queues stay usable by others)."""
+        """Close this publisher (idempotent; the queues stay usable by others)."""
+        self._closed = True
 
 
 class QueueSubscriber:
@@ -205,13 +236,18 @@ class AsyncQueuePublisher:
 
     async def send(self, topic: str, message: bytes) -> None:
         """Put a message on the topic's queue (see `QueuePublisher.send`)."""
+        if self._sync._closed:
+            raise PublisherClosedError("AsyncQueuePublisher is closed")
+        if type(message) is not bytes or type(topic) is not str:
+            message = _check_send(topic, message)
         try:
             _queue_for(self._queues, topic).put_nowait(message)
         except queue_module.Full:
             await asyncio.to_thread(self._sync.send, topic, message)
 
     async def close(self) -> None:
-        """Close this publisher."""
+        """Close this publisher (idempotent)."""
+        self._sync.close()
 
 
 class AsyncQueueSubscriber:

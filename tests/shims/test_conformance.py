@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from proxystore_stream.exceptions import BrokerConnectionError
+from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
 from tests.shims.cases import ShimCase
@@ -166,6 +167,19 @@ def test_close_is_idempotent_and_ends_iteration(driver: Driver) -> None:
     with pytest.raises(SubscriberClosedError):
         driver.receive(sub, 1.0)
     assert driver.iterate(sub) == []
+
+
+def test_send_after_close_raises_publisher_closed(driver: Driver) -> None:
+    topic = topic_name()
+    pub = driver.publisher()
+    sub = driver.subscriber([topic])
+    driver.send(pub, topic, b"before close")
+    driver.flush(pub)
+    assert driver.receive(sub, RECEIVE_TIMEOUT) == b"before close"
+    driver.close(pub)
+    with pytest.raises(PublisherClosedError, match="closed"):
+        driver.send(pub, topic, b"after close")
+    driver.close(pub)  # still idempotent after the refused send
 
 
 def test_close_from_another_thread_ends_blocked_iteration(factory: ShimFactory) -> None:

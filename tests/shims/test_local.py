@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from proxystore_stream.exceptions import BufferFullError
+from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
 from proxystore_stream.shims.local import AsyncLocalPublisher
@@ -234,7 +235,7 @@ def test_publisher_close_is_idempotent_and_refuses_sends() -> None:
     with LocalPublisher(broker) as pub:
         pass
     pub.close()
-    with pytest.raises(ValueError, match="closed"):
+    with pytest.raises(PublisherClosedError, match="closed"):
         pub.send("t", b"x")
 
 
