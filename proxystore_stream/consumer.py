@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
 from types import TracebackType
@@ -23,7 +24,9 @@ from proxystore_stream._core.consumer_state import STREAM_END
 from proxystore_stream._core.consumer_state import ConsumerState
 from proxystore_stream._core.consumer_state import Discard
 from proxystore_stream._core.consumer_state import InlineObject
+from proxystore_stream._core.consumer_state import Step
 from proxystore_stream._core.consumer_state import StoredObject
+from proxystore_stream._types import Buffer
 from proxystore_stream.events import StoreConfig
 from proxystore_stream.exceptions import MalformedMessageError
 from proxystore_stream.exceptions import SubscriberClosedError
@@ -52,6 +55,7 @@ class _Materializer:
     def __init__(self, serializers: Iterable[str] | None) -> None:
         self._allowed = None if serializers is None else frozenset(serializers)
         self.configs: dict[tuple[str, str], StoreConfig] = {}
+        self._loads: dict[str, Callable[[Buffer], Any]] = {}
 
     def _check_serializer(self, name: str, topic: str) -> None:
         if self._allowed is not None and name not in self._allowed:
@@ -61,14 +65,19 @@ class _Materializer:
                 topic=topic,
             )
 
-    def inline(self, step: InlineObject) -> Any:
-        self._check_serializer(step.serializer, step.topic)
+    def _loader(self, name: str, topic: str) -> Callable[[Buffer], Any]:
+        self._check_serializer(name, topic)
         try:
-            serializer = get_serializer(step.serializer)
+            loads = get_serializer(name).loads
         except LookupError as exc:
-            raise MalformedMessageError(str(exc), topic=step.topic) from None
+            raise MalformedMessageError(str(exc), topic=topic) from None
+        self._loads[name] = loads
+        return loads
+
+    def inline(self, step: InlineObject) -> Any:
+        loads = self._loads.get(step.serializer) or self._loader(step.serializer, step.topic)
         try:
-            return serializer.loads(step.data)
+            return loads(step.data)
         except MalformedMessageError as exc:
             raise MalformedMessageError(exc.reason, topic=step.topic) from exc
 
@@ -105,14 +114,18 @@ def _state(
     )
 
 
-def _feed(state: ConsumerState, message: bytes, topic: str | None, skip: bool) -> None:
-    """Give a message to the core; with `skip`, log and drop a malformed one."""
+def _feed(state: ConsumerState, message: bytes, topic: str | None, skip: bool) -> Step:
+    """Give a message to the core and return its next step.
+
+    With `skip`, a malformed message is logged and dropped (NEED_MESSAGE).
+    """
     try:
-        state.receive(message, topic=topic)
+        return state.take(message, topic=topic)
     except MalformedMessageError:
         if not skip:
             raise
         logger.warning("Skipped a malformed message", exc_info=True)
+        return NEED_MESSAGE
 
 
 def _topic_hint(subscriber: Any, topics: Iterable[str] | None) -> str | None:
@@ -171,6 +184,21 @@ class StreamConsumer(Generic[T]):
         self._topic_hint = _topic_hint(subscriber, topics)
         self._receive = getattr(subscriber, "receive", None)
         self._iterator: Iterator[bytes] | None = None
+        self._last: Delivery | None = None
+
+    @property
+    def last_event_id(self) -> str | None:
+        """Stable id of the event of the object returned last (None before the first).
+
+        The id (``producer_id:seq:index``) is the same when a broker
+        delivers the event again, so consumers can drop duplicates with it.
+        """
+        return None if self._last is None else self._last.event_id
+
+    @property
+    def last_topic(self) -> str | None:
+        """Topic of the object returned last (None before the first)."""
+        return None if self._last is None else self._last.topic
 
     def __enter__(self) -> Self:
         return self
@@ -188,9 +216,12 @@ class StreamConsumer(Generic[T]):
 
     def __next__(self) -> T:
         try:
-            return self.next(self._timeout)
+            step = self._next_delivery(self._timeout)
         except SubscriberClosedError:
             raise StopIteration from None
+        if isinstance(step, InlineObject):
+            return self._materializer.inline(step)  # type: ignore[no-any-return]
+        return Proxy(self._materializer.factory(step))
 
     def _message(self, timeout: float | None) -> bytes:
         if self._receive is not None:
@@ -208,21 +239,23 @@ class StreamConsumer(Generic[T]):
             raise SubscriberClosedError("the subscriber's iteration ended") from None
 
     def _next_delivery(self, timeout: float | None) -> Delivery:
+        step = self._state.next_step()
         while True:
-            step = self._state.next_step()
+            if type(step) is InlineObject or type(step) is StoredObject:
+                self._last = step
+                return step
             if step is NEED_MESSAGE:
                 message = self._message(timeout)
-                _feed(self._state, message, self._topic_hint, self._skip_malformed)
-            elif step is STREAM_END:
+                step = _feed(self._state, message, self._topic_hint, self._skip_malformed)
+                continue
+            if step is STREAM_END:
                 ack = getattr(self.subscriber, "ack", None)
                 if ack is not None:
                     ack()
                 raise StopIteration
-            elif isinstance(step, Discard):
-                self._materializer.store(step.store).evict(step.key)
-            else:
-                assert isinstance(step, InlineObject | StoredObject)
-                return step
+            assert isinstance(step, Discard)
+            self._materializer.store(step.store).evict(step.key)
+            step = self._state.next_step()
 
     def next_with_metadata(self, timeout: float | None = None) -> tuple[dict[str, Any], T]:
         """Return the next object (a proxy for store events) and its metadata.
@@ -319,6 +352,21 @@ class AsyncStreamConsumer(Generic[T]):
         self._topic_hint = _topic_hint(subscriber, topics)
         self._receive = getattr(subscriber, "receive", None)
         self._iterator: AsyncIterator[bytes] | None = None
+        self._last: Delivery | None = None
+
+    @property
+    def last_event_id(self) -> str | None:
+        """Stable id of the event of the object returned last (None before the first).
+
+        The id (``producer_id:seq:index``) is the same when a broker
+        delivers the event again, so consumers can drop duplicates with it.
+        """
+        return None if self._last is None else self._last.event_id
+
+    @property
+    def last_topic(self) -> str | None:
+        """Topic of the object returned last (None before the first)."""
+        return None if self._last is None else self._last.topic
 
     async def __aenter__(self) -> Self:
         return self
@@ -336,9 +384,12 @@ class AsyncStreamConsumer(Generic[T]):
 
     async def __anext__(self) -> T:
         try:
-            return await self.next(self._timeout)
+            step = await self._next_delivery(self._timeout)
         except SubscriberClosedError:
             raise StopAsyncIteration from None
+        if isinstance(step, InlineObject):
+            return self._materializer.inline(step)  # type: ignore[no-any-return]
+        return Proxy(self._materializer.factory(step))
 
     async def _message(self, timeout: float | None) -> bytes:
         if self._receive is not None:
@@ -356,22 +407,24 @@ class AsyncStreamConsumer(Generic[T]):
             raise SubscriberClosedError("the subscriber's iteration ended") from None
 
     async def _next_delivery(self, timeout: float | None) -> Delivery:
+        step = self._state.next_step()
         while True:
-            step = self._state.next_step()
+            if type(step) is InlineObject or type(step) is StoredObject:
+                self._last = step
+                return step
             if step is NEED_MESSAGE:
                 message = await self._message(timeout)
-                _feed(self._state, message, self._topic_hint, self._skip_malformed)
-            elif step is STREAM_END:
+                step = _feed(self._state, message, self._topic_hint, self._skip_malformed)
+                continue
+            if step is STREAM_END:
                 ack = getattr(self.subscriber, "ack", None)
                 if ack is not None:
                     await ack()
                 raise StopAsyncIteration
-            elif isinstance(step, Discard):
-                store = self._materializer.store(step.store)
-                await asyncio.to_thread(store.evict, step.key)
-            else:
-                assert isinstance(step, InlineObject | StoredObject)
-                return step
+            assert isinstance(step, Discard)
+            store = self._materializer.store(step.store)
+            await asyncio.to_thread(store.evict, step.key)
+            step = self._state.next_step()
 
     async def next_with_metadata(
         self,

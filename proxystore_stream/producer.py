@@ -162,7 +162,13 @@ class StreamProducer(Generic[T]):
             TopicClosedError: If the topic was closed with `close_topics()`.
             TypeError: If metadata is not a plain-data dict with str keys.
         """
-        ready = self._state.submit(topic, obj, evict=evict, metadata=metadata)
+        state = self._state
+        if type(topic) is str and topic in state.direct_topics:
+            message = state.encode_direct(topic, obj, metadata)
+            if message is not None:
+                self.publisher.send(topic, message)
+            return
+        ready = state.submit(topic, obj, evict=evict, metadata=metadata)
         if ready is not None:
             self._publish(ready)
 
@@ -292,7 +298,13 @@ class AsyncStreamProducer(Generic[T]):
         metadata: dict[str, Any] | None = None,
     ) -> None:
         """Send an object to a topic (see `StreamProducer.send`)."""
-        ready = self._state.submit(topic, obj, evict=evict, metadata=metadata)
+        state = self._state
+        if type(topic) is str and topic in state.direct_topics:
+            message = state.encode_direct(topic, obj, metadata)
+            if message is not None:
+                await self.publisher.send(topic, message)
+            return
+        ready = state.submit(topic, obj, evict=evict, metadata=metadata)
         if ready is not None:
             await self._publish(ready)
 

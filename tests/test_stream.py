@@ -276,3 +276,36 @@ def test_bad_arguments_give_clear_errors() -> None:
         StreamProducer(QueuePublisher({})).send(3, 1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="No queue for topic"):
         StreamProducer(QueuePublisher({})).send("nope", 1)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_event_ids_are_unique_and_survive_redelivery(
+    store: Store[Any] | None, batch_size: int
+) -> None:
+    producer, subscriber, q = pair(default_store=store, batch_size=batch_size)
+    for i in range(7):
+        producer.send("t", i, evict=False)
+    producer.close(topics=["t"])
+    messages = []
+    while not q.empty():
+        messages.append(q.get_nowait())
+    # The broker delivers every message twice, as after a crash before the ack.
+    for message in messages[:-1] + messages:
+        q.put(message)
+    consumer: StreamConsumer[int] = StreamConsumer(subscriber)
+    assert consumer.last_event_id is None
+    seen: dict[str, int] = {}
+    duplicates = 0
+    for obj in consumer:
+        event_id = consumer.last_event_id
+        assert event_id is not None
+        assert consumer.last_topic == "t"
+        if event_id in seen:
+            duplicates += 1
+            assert seen[event_id] == obj
+            continue
+        seen[event_id] = obj
+    assert sorted(seen.values()) == list(range(7))
+    assert all(i.startswith(producer.producer_id + ":") for i in seen)
+    # Every object but those sharing the last message (the end of stream) came twice.
+    assert duplicates == {1: 7, 3: 6}[batch_size]

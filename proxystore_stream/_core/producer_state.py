@@ -21,12 +21,15 @@ from typing import Generic
 from typing import Protocol
 from typing import TypeVar
 
-import msgpack
-
+from proxystore_stream._core.envelope import EMPTY_METADATA
 from proxystore_stream._core.envelope import END
 from proxystore_stream._core.envelope import INLINE
 from proxystore_stream._core.envelope import KEY
+from proxystore_stream._core.envelope import encode_single_inline
 from proxystore_stream._core.envelope import encode_wire
+from proxystore_stream._core.envelope import pack_metadata
+from proxystore_stream._core.envelope import single_inline_head
+from proxystore_stream._core.envelope import single_inline_tail
 from proxystore_stream._core.envelope import store_fields
 from proxystore_stream._types import Buffer
 from proxystore_stream.events import StoreConfig
@@ -73,6 +76,8 @@ class _Topic(Generic[T]):
     closed: bool = False
     end_sent: bool = False
     seq: int = 0
+    head: bytes = b""
+    """`single_inline_head` of a direct topic (see `ProducerState.direct_topics`)."""
 
 
 @dataclass(slots=True)
@@ -111,20 +116,6 @@ class PreparedBatch:
             self._events,
             signing_key=self._signing_key,
         )
-
-
-def _check_metadata(metadata: Any) -> None:
-    # Checked on accept, so a bad value fails the send() that passed it
-    # rather than a later flush that would lose the whole batch.
-    if type(metadata) is not dict or not all(type(k) is str for k in metadata):
-        raise TypeError("metadata must be a dict with str keys")
-    try:
-        msgpack.packb(metadata, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(
-            "metadata values must be plain data (None, bool, int, float, str, "
-            f"bytes, list, dict): {exc}",
-        ) from exc
 
 
 def _size(frames: list[Buffer]) -> int:
@@ -184,6 +175,10 @@ class ProducerState(Generic[T]):
         self._threshold = inline_threshold
         self._signing_key = signing_key
         self._topics: dict[str, _Topic[T]] = {}
+        self._tail = single_inline_tail(serializer.name)
+        self.direct_topics: set[str] = set()
+        """Open topics whose objects each go out at once, inline, alone
+        (batch size 1, no aggregator, no store): `encode_direct` serves them."""
 
     def _topic(self, topic: str) -> _Topic[T]:
         state = self._topics.get(topic)
@@ -191,7 +186,47 @@ class ProducerState(Generic[T]):
             if type(topic) is not str:
                 raise TypeError(f"topic must be a str, got {type(topic).__name__}")
             state = self._topics[topic] = _Topic()
+            alone = self._batch_size == 1 and self._aggregator is None
+            if alone and self._store_for(topic) is None:
+                state.head = single_inline_head(topic, self.producer_id)
+                self.direct_topics.add(topic)
         return state
+
+    def encode_direct(
+        self,
+        topic: str,
+        obj: T,
+        metadata: dict[str, Any] | None = None,
+    ) -> bytes | None:
+        """Filter and encode one object of a topic in `direct_topics`.
+
+        The fast path of `submit` + `prepare` + `message` for the common case;
+        it writes the same bytes.
+
+        Returns:
+            The message to publish, or None if the filter dropped the object.
+
+        Raises:
+            TypeError: If metadata is not a plain-data dict with str keys.
+        """
+        if metadata is None:
+            packed = EMPTY_METADATA
+            metadata = {}
+        else:
+            packed = pack_metadata(metadata)
+        if self._filter is not None and self._filter(metadata):
+            return None
+        state = self._topics[topic]
+        seq = state.seq
+        state.seq = seq + 1
+        return encode_single_inline(
+            state.head,
+            seq,
+            self._tail,
+            self._serializer.dumps(obj),
+            packed,
+            signing_key=self._signing_key,
+        )
 
     def submit(
         self,
@@ -213,7 +248,9 @@ class ProducerState(Generic[T]):
         if metadata is None:
             metadata = {}
         elif type(metadata) is not dict or metadata:
-            _check_metadata(metadata)
+            # Checked on accept, so a bad value fails the send() that passed
+            # it rather than a later flush that would lose the whole batch.
+            pack_metadata(metadata)
         if self._filter is not None and self._filter(metadata):
             return None
         state.buffer.append(PendingObject(obj, evict, metadata))
@@ -236,6 +273,7 @@ class ProducerState(Generic[T]):
         """Close a topic: its remaining objects plus end of stream, once."""
         state = self._topic(topic)
         state.closed = True
+        self.direct_topics.discard(topic)
         if state.end_sent:
             return None
         state.end_sent = True
