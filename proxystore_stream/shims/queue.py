@@ -175,7 +175,7 @@ class QueueSubscriber:
             StreamTimeoutError: If no message arrived in time.
             SubscriberClosedError: If the subscriber is closed.
         """
-        if timeout is None and not self._closed:
+        if not self._closed:
             ready = self._take_ready()
             if ready is not None:
                 return ready
