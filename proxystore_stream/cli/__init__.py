@@ -1,8 +1,9 @@
-"""The ``proxystore-stream`` command line: ``demo`` and ``bench``.
+"""The ``proxystore-stream`` command line: ``demo``, ``bench`` and ``soak``.
 
 Exit codes: 0 success, 1 a check failed (a demo object did not verify, a
-bench run errored), 2 a usage error (unknown shim, missing extra, bad
-argument). Usage errors print one line, never a traceback.
+bench run errored, a soak lost messages), 2 a usage error (unknown shim,
+missing extra, bad argument, unreachable broker for soak). Usage errors
+print one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -165,7 +166,77 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--dir", default=None, help="where file stores write (default: a temp dir)")
     bench.add_argument("--json", default=None, metavar="PATH", help="also write results as JSON")
+    _add_soak(commands)
     return parser
+
+
+def _size(text: str) -> int:
+    from proxystore_stream.cli.bench import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_soak(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from proxystore_stream.cli.soak import SHIMS
+    from proxystore_stream.cli.soak import STORES
+
+    soak = commands.add_parser(
+        "soak",
+        help="stream for a fixed time with several producers and consumers; count every message",
+        description=(
+            "Producer and consumer processes (threads for 'local') stream through "
+            "a shim for a fixed time. Every message carries (producer, sequence "
+            "number); the report shows throughput, memory growth per process, and "
+            "sent/received/lost/duplicated counts. Exit code 1 if anything was lost."
+        ),
+    )
+    soak.add_argument(
+        "--shim",
+        default="queue",
+        help=f"shim to drive (default: queue; known: {', '.join(SHIMS)})",
+    )
+    soak.add_argument(
+        "--seconds",
+        type=_positive_float,
+        default=60.0,
+        help="seconds the producers send for (default: 60)",
+    )
+    soak.add_argument("--producers", type=_positive_int, default=2, help="producers (default: 2)")
+    soak.add_argument("--consumers", type=_positive_int, default=2, help="consumers (default: 2)")
+    soak.add_argument(
+        "--size", type=_size, default=1024, help="payload size, e.g. 100, 10KiB (default: 1KiB)"
+    )
+    soak.add_argument(
+        "--store",
+        choices=STORES,
+        default="none",
+        help="none (inline), file, or memory (local only) (default: none)",
+    )
+    soak.add_argument(
+        "--batch-size", type=_positive_int, default=1, help="objects per message (default: 1)"
+    )
+    soak.add_argument(
+        "--max-in-flight",
+        type=_positive_int,
+        default=10_000,
+        help="messages sent but not yet received at most (default: 10000)",
+    )
+    soak.add_argument(
+        "--drain-seconds",
+        type=_positive_float,
+        default=30.0,
+        help="seconds after sending to wait for the last messages at most (default: 30)",
+    )
+    soak.add_argument("--dir", default=None, help="where the file store writes (default: temp)")
+    soak.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="also write the report as JSON ('-': print JSON instead of the tables)",
+    )
 
 
 def _demo(args: argparse.Namespace, console: Console, errors: Console) -> int:
@@ -224,6 +295,49 @@ def _bench(args: argparse.Namespace, console: Console, errors: Console) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _soak(args: argparse.Namespace, console: Console, errors: Console) -> int:
+    from proxystore_stream.cli.soak import SoakConfig
+    from proxystore_stream.cli.soak import SoakError
+    from proxystore_stream.cli.soak import report_tables
+    from proxystore_stream.cli.soak import run_soak
+    from proxystore_stream.cli.soak import write_json
+
+    config = SoakConfig(
+        shim=args.shim,
+        seconds=args.seconds,
+        producers=args.producers,
+        consumers=args.consumers,
+        size=args.size,
+        store=args.store,
+        batch_size=args.batch_size,
+        max_in_flight=args.max_in_flight,
+        drain_seconds=args.drain_seconds,
+        directory=args.dir,
+    )
+    quiet = args.json == "-"
+    try:
+        report = run_soak(config, errors if quiet else console)
+    except SoakError as exc:
+        errors.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        return EXIT_USAGE
+    if args.json:
+        write_json(args.json, report)
+    if not quiet:
+        console.print(report_tables(report))
+        if args.json:
+            console.print(f"report written to {args.json}", highlight=False)
+    failures = report.failures()
+    out = errors if quiet else console
+    for failure in failures:
+        out.print(f"[red]FAIL[/red] {escape(failure)}", highlight=False)
+    if not failures:
+        out.print(
+            f"[green]PASS[/green] {report.unique:,} of {report.expected:,} deliveries, none lost",
+            highlight=False,
+        )
+    return EXIT_FAILED if failures else EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``proxystore-stream`` with `argv` (default: the process arguments).
 
@@ -240,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args, console, errors)
+        if args.command == "soak":
+            return _soak(args, console, errors)
         return _bench(args, console, errors)
     except MissingDependencyError as exc:
         errors.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)

@@ -175,7 +175,9 @@ class QueueSubscriber:
             StreamTimeoutError: If no message arrived in time.
             SubscriberClosedError: If the subscriber is closed.
         """
-        if not self._closed:
+        # Only without a timeout: see _take_ready for why a timed receive
+        # must not take the fast path.
+        if timeout is None and not self._closed:
             ready = self._take_ready()
             if ready is not None:
                 return ready
@@ -197,10 +199,12 @@ class QueueSubscriber:
 
     def _take_ready(self) -> bytes | None:
         # The sliced get(timeout=...) below costs a poll() syscall per message
-        # (about 2x a plain get() on a multiprocessing.Queue). When the queue
-        # reports an item, a plain get() takes it without one; with several
-        # readers another may win the race, and get() then waits for the next
-        # message (close() can only interrupt the sliced wait).
+        # (about 7 us, 1.6x a plain get() on a multiprocessing.Queue). When the
+        # queue reports an item, a plain get() takes it without one; but with
+        # several readers another may win the race, and get() then waits for
+        # the next message, past any timeout and through close(): forever if
+        # none comes (the soak's consumers hung so at the end of a stream).
+        # Hence only untimed receives, which may wait that long anyway.
         if self._is_process_queue:
             try:
                 if self._queue.qsize() > 0:

@@ -1,0 +1,976 @@
+"""``proxystore-stream soak``: stream for a fixed time and count every message.
+
+::
+
+    producer 0 ─┐                              ┌─▶ consumer 0
+    producer 1 ─┼─▶ shim (--shim) [+ store] ───┼─▶ consumer 1
+       …        ┘                              └─▶ …
+
+Producers and consumers are separate processes (``spawn``), except for the
+in-process ``local`` shim, whose producers and consumers are threads of one
+process. For `--seconds` every producer sends objects of `--size` bytes
+through `StreamProducer`; each object starts with (producer index, sequence
+number), and the same pair travels in its metadata. Consumers read with
+`StreamConsumer`, fetch stored objects, check that every payload matches its
+metadata, and keep one bitmap of received sequence numbers per producer.
+
+Counting, at the end:
+
+- work-queue shims (each message to exactly one consumer): unique = the
+  union of all consumers' bitmaps; lost = sent - unique; duplicated =
+  received - unique;
+- fan-out shims (every consumer gets every message): the same per consumer,
+  against everything sent, summed over consumers.
+
+Flow control: producers keep at most `--max-in-flight` messages sent but not
+yet received (per consumer on fan-out shims), so the broker's backlog, and
+so its memory, stays bounded whatever the relative speeds: the send rate is
+the rate the consumers sustain. Every process samples its resident set size
+(VmRSS, from /proc/self/status) every 0.1 s from the start of streaming,
+after its connections are set up.
+
+Everything is bounded in time: setup (`SETUP_SECONDS`), streaming
+(`--seconds`), then draining until everything sent has arrived, nothing has
+arrived for `DRAIN_IDLE_SECONDS`, or `--drain-seconds` have passed.
+Processes still running after that are terminated and reported as errors.
+
+The run fails (exit code 1) if a message was lost (every shim here promises
+delivery), a payload did not match its metadata, a duplicate arrived on a
+shim that never redelivers, a stored object was left behind, or a process
+failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import queue as queue_module
+import shutil
+import struct
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.console import Group
+from rich.table import Table
+
+__all__ = [
+    "SHIMS",
+    "ProcessMemory",
+    "ShimInfo",
+    "SoakConfig",
+    "SoakError",
+    "SoakReport",
+    "report_tables",
+    "run_soak",
+    "write_json",
+]
+
+SETUP_SECONDS = 60.0
+"""Seconds every process has to connect and report ready."""
+DRAIN_IDLE_SECONDS = 3.0
+"""After the producers finished, stop once nothing arrived for this long."""
+REPORT_SECONDS = 20.0
+"""Seconds to wait for the processes' reports after the consumers were stopped."""
+SAMPLE_SECONDS = 0.1
+"""How often each process samples its resident set size."""
+POLL_SECONDS = 0.2
+"""How long a consumer waits for a message before checking whether to stop."""
+COUNT_EVERY = 64
+"""Producers and consumers publish their counts every this many messages."""
+LOCAL_MAXSIZE = 1024
+"""Buffer of each `local` subscriber (block policy)."""
+
+_HEADER = struct.Struct(">IQ")
+MIN_SIZE = _HEADER.size
+"""The smallest payload: producer index and sequence number."""
+STORES = ("none", "file", "memory")
+
+
+@dataclass(frozen=True)
+class ShimInfo:
+    """What the soak expects of one shim.
+
+    Attributes:
+        name: The `--shim` name.
+        fanout: Every consumer gets every message (else: exactly one does).
+        threads: Producers and consumers are threads of one process.
+        redelivers: At-least-once: a message may be delivered again after a
+            crash or reconnect, so duplicates are reported but do not fail
+            the run. Shims that never redeliver fail on any duplicate.
+        transport: What carries the messages, for the report.
+    """
+
+    name: str
+    fanout: bool
+    threads: bool
+    redelivers: bool
+    transport: str
+
+
+SHIMS: dict[str, ShimInfo] = {
+    info.name: info
+    for info in (
+        ShimInfo("queue", False, False, False, "multiprocessing.Queue (bounded)"),
+        ShimInfo("local", True, True, False, "LocalBroker, block policy, threads"),
+        ShimInfo("redis-queue", False, False, True, "Redis list"),
+        ShimInfo("redis-stream", False, False, True, "Redis stream, one consumer group"),
+        ShimInfo("rabbitmq-queue", False, False, True, "RabbitMQ durable work queue"),
+    )
+}
+"""The shims `soak` can drive; every one of them promises delivery."""
+
+
+class SoakError(Exception):
+    """A soak setting or shim that cannot be used (reported, exit code 2)."""
+
+
+@dataclass
+class SoakConfig:
+    """What `run_soak` runs.
+
+    Attributes:
+        shim: Shim name (a key of `SHIMS`).
+        seconds: Seconds the producers send for.
+        producers: Producer processes (threads for ``local``).
+        consumers: Consumer processes (threads for ``local``).
+        size: Payload bytes per object (at least `MIN_SIZE`).
+        store: ``none`` (inline), ``file`` or ``memory`` (``local`` only).
+        batch_size: Objects per message.
+        max_in_flight: Messages sent but not yet received at most.
+        drain_seconds: Seconds after `seconds` to wait for the last messages.
+        directory: Where the file store writes (default: a temp dir).
+    """
+
+    shim: str = "queue"
+    seconds: float = 60.0
+    producers: int = 2
+    consumers: int = 2
+    size: int = 1024
+    store: str = "none"
+    batch_size: int = 1
+    max_in_flight: int = 10_000
+    drain_seconds: float = 30.0
+    directory: str | None = None
+
+    def check(self) -> ShimInfo:
+        """Return the shim's info.
+
+        Raises:
+            SoakError: If a setting cannot work.
+        """
+        info = SHIMS.get(self.shim)
+        if info is None:
+            raise SoakError(f"unknown shim {self.shim!r}; soak runs {', '.join(SHIMS)}")
+        if self.store not in STORES:
+            raise SoakError(f"unknown store {self.store!r}; choose from {', '.join(STORES)}")
+        if self.store == "memory" and not info.threads:
+            raise SoakError(
+                "the memory store is private to one process; use --store file, "
+                "or --shim local (threads of one process)",
+            )
+        if self.size < MIN_SIZE:
+            raise SoakError(f"--size must be at least {MIN_SIZE} bytes (index + sequence number)")
+        for name in ("producers", "consumers", "batch_size", "max_in_flight"):
+            if getattr(self, name) < 1:
+                raise SoakError(f"--{name.replace('_', '-')} must be at least 1")
+        if not self.seconds > 0 or not self.drain_seconds > 0:
+            raise SoakError("--seconds and --drain-seconds must be positive")
+        return info
+
+
+@dataclass
+class ProcessMemory:
+    """Resident set size of one process while streaming.
+
+    Attributes:
+        label: ``producer 0``, ``consumer 1``, or ``threads`` for ``local``.
+        start_kb: RSS when streaming started (after setup), in KiB.
+        peak_growth_kb: Highest RSS sampled minus `start_kb`.
+        end_growth_kb: RSS when streaming ended minus `start_kb`.
+    """
+
+    label: str
+    start_kb: int
+    peak_growth_kb: int
+    end_growth_kb: int
+
+
+@dataclass
+class SoakReport:
+    """The outcome of one soak run.
+
+    Attributes:
+        config: What was run.
+        transport: What carried the messages.
+        fanout: Whether every consumer was to get every message.
+        redelivers: Whether the shim may redeliver (duplicates allowed).
+        sent: Messages (objects) the producers sent.
+        expected: Deliveries expected: `sent`, times the consumers on fan-out.
+        received: Deliveries counted by the consumers, duplicates included.
+        unique: Distinct deliveries (per consumer on fan-out).
+        lost: `expected` - `unique`.
+        duplicated: `received` - `unique`.
+        corrupt: Payloads whose bytes did not match their metadata.
+        seconds: From the start of streaming to the last delivery.
+        setup_seconds: Starting the processes and connecting.
+        drain_seconds: From the end of sending to the end of receiving.
+        store_leftover: Objects left in the file store (None: not checked).
+        processes: Memory of every process.
+        errors: What went wrong in the processes, if anything.
+    """
+
+    config: SoakConfig
+    transport: str
+    fanout: bool
+    redelivers: bool
+    sent: int = 0
+    expected: int = 0
+    received: int = 0
+    unique: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    corrupt: int = 0
+    seconds: float = 0.0
+    setup_seconds: float = 0.0
+    drain_seconds: float = 0.0
+    store_leftover: int | None = None
+    processes: list[ProcessMemory] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def messages_per_second(self) -> float:
+        """Deliveries per second."""
+        return self.received / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def mb_per_second(self) -> float:
+        """Payload megabytes (10^6 bytes) delivered per second."""
+        return self.messages_per_second * self.config.size / 1e6
+
+    def failures(self) -> list[str]:
+        """Return why the run failed (empty if it passed)."""
+        found = list(self.errors)
+        if self.sent == 0:
+            found.append("nothing was sent")
+        if self.lost:
+            found.append(f"{self.lost:,} of {self.expected:,} deliveries lost")
+        if self.corrupt:
+            found.append(f"{self.corrupt:,} payloads did not match their metadata")
+        if self.duplicated and not self.redelivers:
+            found.append(f"{self.duplicated:,} duplicates on a shim that never redelivers")
+        if self.store_leftover:
+            found.append(f"{self.store_leftover:,} objects left in the store")
+        return found
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the report with its rates and verdict, for JSON."""
+        data = asdict(self)
+        data["messages_per_second"] = self.messages_per_second
+        data["mb_per_second"] = self.mb_per_second
+        data["failures"] = self.failures()
+        data["ok"] = not data["failures"]
+        return data
+
+
+# --- in the producer and consumer processes -----------------------------------
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """Everything a producer or consumer needs (pickled to each process)."""
+
+    shim: str
+    topic: str
+    size: int
+    store: str
+    store_dir: str
+    batch_size: int
+    producers: int
+    consumers: int
+    max_in_flight: int
+    seconds: float
+    fanout: bool
+    redis_url: str
+    rabbitmq_url: str
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """Primitives shared by the parent and every process."""
+
+    results: Any  # multiprocessing.Queue of (kind, label, payload)
+    go: Any  # Event: start streaming
+    stop: Any  # Event: consumers stop
+    sent: Any  # RawArray: messages sent, one slot per producer (single writer)
+    received: Any  # RawArray: messages received, one slot per consumer
+    queue: Any  # the multiprocessing.Queue of the queue shim, or None
+
+
+def _rss_kb() -> int:
+    """This process's resident set size in KiB (peak RSS where /proc is missing)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+class _RssSampler:
+    """Samples RSS in a daemon thread between `begin()` and `end()`."""
+
+    def __init__(self) -> None:
+        self.start_kb = 0
+        self.peak_kb = 0
+        self.end_kb = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def begin(self) -> None:
+        self.start_kb = self.peak_kb = _rss_kb()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_SECONDS):
+            self.peak_kb = max(self.peak_kb, _rss_kb())
+
+    def end(self) -> None:
+        if self._thread is None or self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join(1.0)
+        self.end_kb = _rss_kb()
+        self.peak_kb = max(self.peak_kb, self.end_kb)
+
+    def report(self) -> dict[str, int] | None:
+        if self._thread is None:
+            return None
+        self.end()
+        return {
+            "start_kb": self.start_kb,
+            "peak_growth_kb": self.peak_kb - self.start_kb,
+            "end_growth_kb": self.end_kb - self.start_kb,
+        }
+
+
+def _open_publisher(spec: _Spec, shared: _Shared) -> Any:
+    if spec.shim == "queue":
+        from proxystore_stream.shims.queue import QueuePublisher
+
+        return QueuePublisher({spec.topic: shared.queue})
+    if spec.shim == "redis-queue":
+        from proxystore_stream.shims.redis import RedisQueuePublisher
+
+        return RedisQueuePublisher.from_url(spec.redis_url)
+    if spec.shim == "redis-stream":
+        from proxystore_stream.shims.redis import RedisStreamPublisher
+
+        return RedisStreamPublisher.from_url(spec.redis_url)
+    from proxystore_stream.shims.rabbitmq import RabbitMQPublisher
+
+    return RabbitMQPublisher(url=spec.rabbitmq_url, mode="queue", queue_arguments=_QUEUE_ARGS)
+
+
+def _open_subscriber(spec: _Spec, shared: _Shared, index: int) -> Any:
+    if spec.shim == "queue":
+        from proxystore_stream.shims.queue import QueueSubscriber
+
+        return QueueSubscriber(shared.queue)
+    if spec.shim == "redis-queue":
+        from proxystore_stream.shims.redis import RedisQueueSubscriber
+
+        return RedisQueueSubscriber.from_url(spec.redis_url, spec.topic)
+    if spec.shim == "redis-stream":
+        from proxystore_stream.shims.redis import RedisStreamSubscriber
+
+        return RedisStreamSubscriber.from_url(
+            spec.redis_url,
+            spec.topic,
+            group=spec.topic,
+            consumer=f"consumer-{index}",
+        )
+    from proxystore_stream.shims.rabbitmq import RabbitMQSubscriber
+
+    return RabbitMQSubscriber(
+        spec.topic,
+        url=spec.rabbitmq_url,
+        mode="queue",
+        queue_arguments=_QUEUE_ARGS,
+    )
+
+
+# RabbitMQ work queues made by a soak expire once unused for a minute.
+_QUEUE_ARGS = {"x-expires": 60_000}
+
+
+def _open_store(spec: _Spec) -> Any:
+    if spec.store == "none":
+        return None
+    from proxystore_stream.store.base import Store
+
+    if spec.store == "file":
+        from proxystore_stream.store.connectors.file import FileConnector
+
+        return Store(f"soak-{spec.topic}", FileConnector(spec.store_dir))
+    from proxystore_stream.store.connectors.memory import MemoryConnector
+
+    return Store(f"soak-{spec.topic}", MemoryConnector())
+
+
+def _ready(shared: _Shared, label: str) -> bool:
+    """Report ready and wait for the start; False if it never came."""
+    shared.results.put(("ready", label, None))
+    return bool(shared.go.wait(SETUP_SECONDS))
+
+
+def _in_flight(spec: _Spec, shared: _Shared) -> int:
+    delivered = int(sum(shared.received))
+    if spec.fanout:
+        delivered //= spec.consumers
+    return int(sum(shared.sent)) - delivered
+
+
+def _produce(spec: _Spec, shared: _Shared, index: int, publisher: Any, store: Any) -> None:
+    """Send for `spec.seconds`, then report the count (runs in a process or thread)."""
+    from proxystore_stream.producer import StreamProducer
+
+    label = f"producer {index}"
+    producer: StreamProducer[bytes] = StreamProducer(
+        publisher,
+        default_store=store,
+        batch_size=spec.batch_size,
+    )
+    body = b"\xa5" * (spec.size - _HEADER.size)
+    # On fan-out shims several consumers read each stored object: none evicts it.
+    evict = not spec.fanout
+    if not _ready(shared, label):
+        return
+    clock = time.monotonic
+    start = clock()
+    deadline = start + spec.seconds
+    seq = 0
+    while True:
+        if not seq % COUNT_EVERY:
+            shared.sent[index] = seq
+            now = clock()
+            if now >= deadline:
+                break
+            while _in_flight(spec, shared) > spec.max_in_flight and clock() < deadline:
+                time.sleep(0.001)  # flow control: let the consumers catch up
+        producer.send(
+            spec.topic,
+            _HEADER.pack(index, seq) + body,
+            evict=evict,
+            metadata={"p": index, "s": seq},
+        )
+        seq += 1
+    producer.flush()
+    shared.sent[index] = seq
+    shared.results.put(("producer", label, {"sent": seq, "seconds": clock() - start}))
+
+
+def _consume(spec: _Spec, shared: _Shared, index: int, subscriber: Any) -> None:
+    """Receive until told to stop, then report what arrived (process or thread)."""
+    from proxystore_stream.consumer import StreamConsumer
+    from proxystore_stream.exceptions import StreamTimeoutError
+
+    label = f"consumer {index}"
+    consumer: StreamConsumer[bytes] = StreamConsumer(subscriber)
+    bitmaps = [bytearray() for _ in range(spec.producers)]
+    received = corrupt = 0
+    last = 0.0
+    if not _ready(shared, label):
+        return
+    clock = time.monotonic
+    while True:
+        try:
+            metadata, data = consumer.next_object_with_metadata(POLL_SECONDS)
+        except StreamTimeoutError:
+            shared.received[index] = received
+            if shared.stop.is_set():
+                break
+            continue
+        except StopIteration:
+            break
+        last = clock()
+        received += 1
+        producer, seq = metadata.get("p"), metadata.get("s")
+        if (
+            type(producer) is not int
+            or type(seq) is not int
+            or not 0 <= producer < spec.producers
+            or seq < 0
+            or len(data) != spec.size
+            or _HEADER.unpack_from(data) != (producer, seq)
+        ):
+            corrupt += 1
+            continue
+        bitmap = bitmaps[producer]
+        byte = seq >> 3
+        if byte >= len(bitmap):
+            bitmap.extend(bytes(max(byte + 1 - len(bitmap), len(bitmap))))
+        bitmap[byte] |= 1 << (seq & 7)
+        if not received % COUNT_EVERY:
+            shared.received[index] = received
+            if shared.stop.is_set():
+                break
+    shared.received[index] = received
+    ack = getattr(subscriber, "ack", None)
+    if ack is not None:
+        with contextlib.suppress(Exception):
+            ack()  # the last message is otherwise acknowledged only by the next receive
+    shared.results.put(
+        (
+            "consumer",
+            label,
+            {
+                "received": received,
+                "corrupt": corrupt,
+                "bitmaps": [bytes(b) for b in bitmaps],
+                "last": last,
+            },
+        ),
+    )
+
+
+def _guarded(shared: _Shared, label: str, work: Callable[[], None]) -> None:
+    try:
+        work()
+    except BaseException as exc:  # reported to the parent, which fails the run
+        shared.results.put(("error", label, f"{type(exc).__name__}: {exc}"))
+
+
+def _role_main(spec: _Spec, shared: _Shared, role: str, index: int) -> None:
+    """Entry point of one producer or consumer process."""
+    label = f"{role} {index}"
+    sampler = _RssSampler()
+    endpoint: Any = None
+
+    def run() -> None:
+        nonlocal endpoint
+        if role == "producer":
+            store = _open_store(spec)
+            endpoint = _open_publisher(spec, shared)
+            threading.Thread(target=_begin_on_go, args=(shared, sampler), daemon=True).start()
+            _produce(spec, shared, index, endpoint, store)
+        else:
+            endpoint = _open_subscriber(spec, shared, index)
+            threading.Thread(target=_begin_on_go, args=(shared, sampler), daemon=True).start()
+            _consume(spec, shared, index, endpoint)
+        sampler.end()
+
+    try:
+        _guarded(shared, label, run)
+    finally:
+        if endpoint is not None:
+            with contextlib.suppress(Exception):
+                endpoint.close()
+        shared.results.put(("memory", label, sampler.report()))
+
+
+def _begin_on_go(shared: _Shared, sampler: _RssSampler) -> None:
+    if shared.go.wait(SETUP_SECONDS):
+        sampler.begin()
+
+
+def _threads_main(spec: _Spec, shared: _Shared) -> None:
+    """Entry point of the one process of an in-process shim: a thread per role."""
+    from proxystore_stream.shims.local import LocalBroker
+    from proxystore_stream.shims.local import LocalPublisher
+    from proxystore_stream.shims.local import LocalSubscriber
+
+    sampler = _RssSampler()
+    broker = LocalBroker()
+    endpoints: list[Any] = []
+    threads: list[threading.Thread] = []
+    try:
+        store = _open_store(spec)
+        for index in range(spec.consumers):
+            subscriber = LocalSubscriber(broker, spec.topic, maxsize=LOCAL_MAXSIZE)
+            endpoints.append(subscriber)
+            threads.append(_thread(shared, f"consumer {index}", _consume, spec, index, subscriber))
+        for index in range(spec.producers):
+            # A send waits for room at most this long: a dead consumer is an error, not a hang.
+            publisher = LocalPublisher(broker, timeout=30.0)
+            endpoints.append(publisher)
+            threads.append(
+                _thread(shared, f"producer {index}", _produce, spec, index, publisher, store),
+            )
+        for thread in threads:
+            thread.start()
+        if shared.go.wait(SETUP_SECONDS):
+            sampler.begin()
+        deadline = time.monotonic() + SETUP_SECONDS + spec.seconds + REPORT_SECONDS
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        sampler.end()
+    except BaseException as exc:
+        shared.results.put(("error", "threads", f"{type(exc).__name__}: {exc}"))
+    finally:
+        for endpoint in endpoints:
+            with contextlib.suppress(Exception):
+                endpoint.close()
+        shared.results.put(("memory", "threads", sampler.report()))
+
+
+def _thread(
+    shared: _Shared,
+    label: str,
+    work: Callable[..., None],
+    spec: _Spec,
+    *args: Any,
+) -> threading.Thread:
+    return threading.Thread(
+        target=_guarded,
+        args=(shared, label, lambda: work(spec, shared, *args)),
+        name=f"soak-{label}",
+        daemon=True,
+    )
+
+
+# --- in the parent -------------------------------------------------------------
+
+
+def _redis_url() -> str:
+    return os.environ.get("PSS_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _rabbitmq_url() -> str:
+    return os.environ.get("PSS_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def _preflight(spec: _Spec) -> None:
+    """Import the shim and reach its broker once, so setup errors are one line."""
+    from proxystore_stream.exceptions import BrokerConnectionError
+
+    if spec.shim in ("queue", "local"):
+        return
+    try:
+        _open_publisher(spec, _Shared(None, None, None, None, None, None)).close()
+    except BrokerConnectionError as exc:
+        raise SoakError(f"cannot reach the broker of {spec.shim!r}: {exc}") from None
+
+
+def _cleanup(spec: _Spec) -> None:
+    """Delete what the run left in the broker (best effort)."""
+    with contextlib.suppress(Exception):
+        if spec.shim.startswith("redis"):
+            import redis
+
+            with redis.Redis.from_url(spec.redis_url) as client:
+                client.delete(spec.topic)
+        elif spec.shim == "rabbitmq-queue":
+            import pika
+
+            from proxystore_stream.shims.rabbitmq import DEFAULT_PREFIX
+
+            connection = pika.BlockingConnection(pika.URLParameters(spec.rabbitmq_url))
+            try:
+                connection.channel().queue_delete(DEFAULT_PREFIX + spec.topic)
+            finally:
+                connection.close()
+
+
+class _Collector:
+    """Reads the processes' reports from the results queue."""
+
+    def __init__(self, results: Any) -> None:
+        self.results = results
+        self.ready: set[str] = set()
+        self.done: dict[str, dict[str, Any]] = {}
+        self.memory: dict[str, dict[str, int] | None] = {}
+        self.errors: dict[str, str] = {}
+
+    def poll(self, timeout: float) -> None:
+        """Take every report that arrives within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                kind, label, payload = self.results.get(
+                    timeout=max(0.0, deadline - time.monotonic()),
+                )
+            except queue_module.Empty:
+                return
+            if kind == "ready":
+                self.ready.add(label)
+            elif kind == "memory":
+                self.memory[label] = payload
+            elif kind == "error":
+                self.errors[label] = payload
+            else:
+                self.done[label] = payload
+
+
+def _popcount(bitmap: bytes) -> int:
+    return int.from_bytes(bitmap, "little").bit_count()
+
+
+def _count(report: SoakReport, spec: _Spec, done: dict[str, dict[str, Any]]) -> None:
+    """Fill the sent/received/lost/duplicated counts from the processes' reports."""
+    sent = [done.get(f"producer {i}", {}).get("sent", 0) for i in range(spec.producers)]
+    consumers = [done[f"consumer {i}"] for i in range(spec.consumers) if f"consumer {i}" in done]
+    report.sent = sum(sent)
+    report.received = sum(c["received"] for c in consumers)
+    report.corrupt = sum(c["corrupt"] for c in consumers)
+    if spec.fanout:
+        report.expected = report.sent * spec.consumers
+        report.unique = sum(_popcount(b) for c in consumers for b in c["bitmaps"])
+    else:
+        report.expected = report.sent
+        for producer in range(spec.producers):
+            union = 0
+            for c in consumers:
+                union |= int.from_bytes(c["bitmaps"][producer], "little")
+            report.unique += union.bit_count()
+    report.lost = max(0, report.expected - report.unique)
+    report.duplicated = max(0, report.received - report.corrupt - report.unique)
+
+
+def _processes(spec: _Spec, shared: _Shared, ctx: Any) -> list[Any]:
+    if spec.shim == "local":
+        return [ctx.Process(target=_threads_main, args=(spec, shared), name="pss-soak-threads")]
+    # Consumers first: they subscribe before anything is sent.
+    roles = [("consumer", i) for i in range(spec.consumers)]
+    roles += [("producer", i) for i in range(spec.producers)]
+    return [
+        ctx.Process(
+            target=_role_main,
+            args=(spec, shared, role, index),
+            name=f"pss-soak-{role}-{index}",
+        )
+        for role, index in roles
+    ]
+
+
+def _progress_text(shared: _Shared, phase: str) -> str:
+    return f"{phase}: sent {sum(shared.sent):,}, received {sum(shared.received):,}"
+
+
+def run_soak(config: SoakConfig, console: Console | None = None) -> SoakReport:
+    """Run a soak and return its report (see the module docstring).
+
+    Args:
+        config: What to run.
+        console: Where progress goes (default: a new stdout console).
+
+    Raises:
+        SoakError: If a setting cannot work or the broker cannot be reached.
+        MissingDependencyError: If the shim's extra is not installed.
+    """
+    info = config.check()
+    console = console or Console()
+    base = Path(tempfile.mkdtemp(prefix="pss-soak-", dir=config.directory))
+    spec = _Spec(
+        shim=config.shim,
+        topic=f"soak-{uuid.uuid4().hex[:12]}",
+        size=config.size,
+        store=config.store,
+        store_dir=str(base / "store"),
+        batch_size=config.batch_size,
+        producers=config.producers,
+        consumers=config.consumers,
+        max_in_flight=config.max_in_flight,
+        seconds=config.seconds,
+        fanout=info.fanout,
+        redis_url=_redis_url(),
+        rabbitmq_url=_rabbitmq_url(),
+    )
+    report = SoakReport(config, info.transport, info.fanout, info.redelivers)
+    try:
+        _preflight(spec)
+        _run(spec, config, report, console)
+        if config.store == "file" and not info.fanout:
+            store_dir = Path(spec.store_dir)
+            report.store_leftover = len(list(store_dir.iterdir())) if store_dir.is_dir() else 0
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+        _cleanup(spec)
+    return report
+
+
+def _run(spec: _Spec, config: SoakConfig, report: SoakReport, console: Console) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    shared = _Shared(
+        results=ctx.Queue(),
+        go=ctx.Event(),
+        stop=ctx.Event(),
+        sent=ctx.RawArray("q", spec.producers),
+        received=ctx.RawArray("q", spec.consumers),
+        # Room for every message in flight, so a put never waits in practice.
+        queue=ctx.Queue(maxsize=2 * spec.max_in_flight) if spec.shim == "queue" else None,
+    )
+    processes = _processes(spec, shared, ctx)
+    collector = _Collector(shared.results)
+    roles = spec.producers + spec.consumers
+    began = time.monotonic()
+    try:
+        for process in processes:
+            process.start()
+        with console.status("starting processes", spinner="dots") as status:
+            while len(collector.ready) < roles and time.monotonic() < began + SETUP_SECONDS:
+                collector.poll(0.1)
+                if collector.errors or not all(p.is_alive() for p in processes):
+                    break
+            if len(collector.ready) < roles:
+                report.errors.append(f"only {len(collector.ready)} of {roles} roles got ready")
+                return
+            start = time.monotonic()
+            report.setup_seconds = start - began
+            shared.go.set()
+            hard_deadline = start + spec.seconds + config.drain_seconds
+            producers = [f"producer {i}" for i in range(spec.producers)]
+            while not all(p in collector.done or p in collector.errors for p in producers):
+                if time.monotonic() > hard_deadline:
+                    break
+                collector.poll(0.25)
+                left = max(0.0, start + spec.seconds - time.monotonic())
+                status.update(_progress_text(shared, f"streaming, {left:.0f} s left"))
+            sent_done = time.monotonic()
+            expected = sum(collector.done.get(p, {}).get("sent", 0) for p in producers)
+            if spec.fanout:
+                expected *= spec.consumers
+            last_total, last_change = -1, time.monotonic()
+            while time.monotonic() < hard_deadline:
+                total = sum(shared.received)
+                if total >= expected or collector.errors:
+                    break
+                if total != last_total:
+                    last_total, last_change = total, time.monotonic()
+                elif time.monotonic() - last_change > DRAIN_IDLE_SECONDS:
+                    break
+                status.update(_progress_text(shared, "draining"))
+                collector.poll(0.1)
+            shared.stop.set()
+            stopped = time.monotonic()
+            report.drain_seconds = stopped - sent_done
+            status.update(_progress_text(shared, "collecting reports"))
+            while time.monotonic() < stopped + REPORT_SECONDS and (
+                len(collector.memory) < len(processes) or not _all_reported(collector, spec)
+            ):
+                collector.poll(0.1)
+                if not any(p.is_alive() for p in processes):
+                    collector.poll(0.5)
+                    break
+        last = max((d.get("last", 0.0) for d in collector.done.values()), default=0.0)
+        report.seconds = max(0.0, last - start) if last else 0.0
+        _count(report, spec, collector.done)
+    finally:
+        shared.stop.set()
+        shared.go.set()  # a process still waiting to start gives up at once
+        _reap(processes, report)
+        report.errors.extend(f"{label}: {error}" for label, error in collector.errors.items())
+        report.processes = [
+            ProcessMemory(label, m["start_kb"], m["peak_growth_kb"], m["end_growth_kb"])
+            for label, m in sorted(collector.memory.items())
+            if m is not None
+        ]
+        if shared.queue is not None:
+            shared.queue.cancel_join_thread()
+            shared.queue.close()
+
+
+def _all_reported(collector: _Collector, spec: _Spec) -> bool:
+    labels = [f"producer {i}" for i in range(spec.producers)]
+    labels += [f"consumer {i}" for i in range(spec.consumers)]
+    return all(label in collector.done or label in collector.errors for label in labels)
+
+
+def _reap(processes: list[Any], report: SoakReport) -> None:
+    """Join every process; terminate (by its own handle) any that hangs."""
+    deadline = time.monotonic() + 10.0
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            report.errors.append(f"{process.name} did not exit in time and was terminated")
+            process.terminate()
+            process.join(5.0)
+        elif process.exitcode not in (0, None):
+            report.errors.append(f"{process.name} exited with code {process.exitcode}")
+
+
+# --- output --------------------------------------------------------------------
+
+
+def _kib(kb: int) -> str:
+    if abs(kb) >= 10 * 1024:
+        return f"{kb / 1024:+,.0f} MiB"
+    return f"{kb:+,} KiB"
+
+
+def report_tables(report: SoakReport) -> Group:
+    """Return the counts table and the memory table of a report."""
+    config = report.config
+    roles = "threads" if SHIMS[config.shim].threads else "processes"
+    counts = Table(
+        title=(
+            f"soak --shim {config.shim} --store {config.store}: {config.producers} producers x "
+            f"{config.consumers} consumers ({roles}), {config.seconds:g} s, "
+            f"{config.size:,} B payloads"
+        ),
+        caption=(
+            f"{report.transport}; "
+            + ("fan-out: every consumer gets every message" if report.fanout else "work queue")
+            + ("; may redeliver (at-least-once)" if report.redelivers else "")
+        ),
+    )
+    counts.add_column("sent", justify="right")
+    counts.add_column("expected", justify="right")
+    counts.add_column("received", justify="right")
+    counts.add_column("unique", justify="right")
+    counts.add_column("lost", justify="right")
+    counts.add_column("duplicated", justify="right")
+    counts.add_column("corrupt", justify="right")
+    counts.add_column("msg/s", justify="right")
+    counts.add_column("MB/s", justify="right")
+    counts.add_column("drain", justify="right")
+    counts.add_row(
+        f"{report.sent:,}",
+        f"{report.expected:,}",
+        f"{report.received:,}",
+        f"{report.unique:,}",
+        f"{report.lost:,}",
+        f"{report.duplicated:,}",
+        f"{report.corrupt:,}",
+        f"{report.messages_per_second:,.0f}",
+        f"{report.mb_per_second:,.1f}",
+        f"{report.drain_seconds:.1f} s",
+    )
+    memory = Table(title="resident set size while streaming (VmRSS)")
+    memory.add_column("process")
+    memory.add_column("at start", justify="right")
+    memory.add_column("peak growth", justify="right")
+    memory.add_column("end growth", justify="right")
+    for process in report.processes:
+        memory.add_row(
+            process.label,
+            f"{process.start_kb / 1024:,.1f} MiB",
+            _kib(process.peak_growth_kb),
+            _kib(process.end_growth_kb),
+        )
+    return Group(counts, memory)
+
+
+def write_json(path: str, report: SoakReport) -> None:
+    """Write the report as JSON to `path` (``-``: standard output)."""
+    text = json.dumps(report.as_dict(), indent=2) + "\n"
+    if path == "-":
+        print(text, end="")
+    else:
+        Path(path).write_text(text)

@@ -1,0 +1,216 @@
+"""`proxystore-stream soak`: short runs that count every message (the long soak is manual)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxystore_stream.cli import main
+from proxystore_stream.cli.soak import SoakConfig
+from proxystore_stream.cli.soak import SoakReport
+from proxystore_stream.cli.soak import _count
+from proxystore_stream.cli.soak import _Spec
+from proxystore_stream.cli.soak import run_soak
+from proxystore_stream.exceptions import StreamTimeoutError
+from proxystore_stream.shims.queue import QueuePublisher
+from proxystore_stream.shims.queue import QueueSubscriber
+from tests.conftest import require_broker
+
+MIB = 1024
+
+
+def assert_nothing_lost(report: SoakReport, *, deliveries_per_message: int = 1) -> None:
+    assert report.sent > 0
+    assert report.expected == report.sent * deliveries_per_message
+    assert report.received == report.expected
+    assert report.unique == report.expected
+    assert (report.lost, report.duplicated, report.corrupt) == (0, 0, 0)
+    assert report.errors == []
+    assert report.failures() == []
+
+
+def test_queue_with_file_store_counts_every_message(tmp_path: Path) -> None:
+    config = SoakConfig(
+        shim="queue",
+        seconds=3,
+        producers=2,
+        consumers=2,
+        size=4096,
+        store="file",
+        drain_seconds=20,
+        directory=str(tmp_path),
+    )
+    report = run_soak(config)
+    assert_nothing_lost(report)
+    assert report.store_leftover == 0, "every stored object was evicted by its consumer"
+    labels = sorted(p.label for p in report.processes)
+    assert labels == ["consumer 0", "consumer 1", "producer 0", "producer 1"]
+    for process in report.processes:
+        assert process.start_kb > 0
+        assert process.peak_growth_kb >= process.end_growth_kb
+        # In flight at most 10,000 x 4 KiB: far below this unless something leaks.
+        assert process.peak_growth_kb < 200 * MIB
+    assert list(tmp_path.iterdir()) == [], "the run's temporary directory is removed"
+
+
+def test_local_threads_fan_out_with_memory_store() -> None:
+    config = SoakConfig(shim="local", seconds=2, producers=2, consumers=3, size=64, store="memory")
+    report = run_soak(config)
+    assert_nothing_lost(report, deliveries_per_message=3)
+    assert [p.label for p in report.processes] == ["threads"]
+
+
+def test_redis_queue_through_the_command_line(tmp_path: Path) -> None:
+    require_broker("Redis", "127.0.0.1", 6379)
+    out = tmp_path / "soak.json"
+    code = main(
+        [
+            "soak",
+            "--shim",
+            "redis-queue",
+            "--seconds",
+            "3",
+            "--size",
+            "100",
+            "--max-in-flight",
+            "1000",
+            "--json",
+            str(out),
+        ],
+    )
+    data = json.loads(out.read_text())
+    assert code == 0, data["failures"]
+    assert data["ok"] is True
+    assert data["sent"] > 0
+    assert data["received"] == data["unique"] == data["expected"] == data["sent"]
+    assert (data["lost"], data["duplicated"], data["corrupt"]) == (0, 0, 0)
+    assert data["messages_per_second"] > 0
+    assert len(data["processes"]) == 4
+
+
+def _spec(*, fanout: bool, producers: int = 2, consumers: int = 2) -> _Spec:
+    return _Spec(
+        shim="local" if fanout else "queue",
+        topic="t",
+        size=64,
+        store="none",
+        store_dir="",
+        batch_size=1,
+        producers=producers,
+        consumers=consumers,
+        max_in_flight=10,
+        seconds=1,
+        fanout=fanout,
+        redis_url="",
+        rabbitmq_url="",
+    )
+
+
+def _bitmap(*seqs: int) -> bytes:
+    data = bytearray(4)
+    for seq in seqs:
+        data[seq >> 3] |= 1 << (seq & 7)
+    return bytes(data)
+
+
+def _report(config: SoakConfig, *, redelivers: bool = False) -> SoakReport:
+    return SoakReport(config, "test", config.shim == "local", redelivers)
+
+
+def test_counting_finds_loss_and_duplicates_on_a_work_queue() -> None:
+    done: dict[str, dict[str, Any]] = {
+        "producer 0": {"sent": 4},
+        "producer 1": {"sent": 2},
+        # Producer 0's message 3 never arrived; message 1 arrived twice.
+        "consumer 0": {"received": 3, "corrupt": 0, "bitmaps": [_bitmap(0, 1), _bitmap(0)]},
+        "consumer 1": {"received": 3, "corrupt": 0, "bitmaps": [_bitmap(1, 2), _bitmap(1)]},
+    }
+    report = _report(SoakConfig(shim="queue"))
+    _count(report, _spec(fanout=False), done)
+    assert (report.sent, report.expected, report.received) == (6, 6, 6)
+    assert (report.unique, report.lost, report.duplicated) == (5, 1, 1)
+    assert report.failures() == [
+        "1 of 6 deliveries lost",
+        "1 duplicates on a shim that never redelivers",
+    ]
+    redelivering = _report(SoakConfig(shim="queue"), redelivers=True)
+    _count(redelivering, _spec(fanout=False), done)
+    assert redelivering.failures() == ["1 of 6 deliveries lost"]
+
+
+def test_counting_fan_out_expects_every_message_at_every_consumer() -> None:
+    done: dict[str, dict[str, Any]] = {
+        "producer 0": {"sent": 3},
+        "consumer 0": {"received": 3, "corrupt": 0, "bitmaps": [_bitmap(0, 1, 2)]},
+        # Consumer 1 missed message 2 (the other consumer's copy does not count).
+        "consumer 1": {"received": 2, "corrupt": 0, "bitmaps": [_bitmap(0, 1)]},
+    }
+    report = _report(SoakConfig(shim="local"))
+    _count(report, _spec(fanout=True, producers=1), done)
+    assert (report.expected, report.received, report.unique) == (6, 5, 5)
+    assert (report.lost, report.duplicated) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shim", "carrier-pigeon"], "unknown shim"),
+        (["--shim", "queue", "--store", "memory"], "private to one process"),
+        (["--size", "4"], "at least 12 bytes"),
+    ],
+)
+def test_usage_errors_exit_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["soak", "--seconds", "1", *args]) == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+
+
+def test_competing_queue_subscribers_honour_their_timeout() -> None:
+    # Found by the soak: several consumers of one multiprocessing.Queue. A
+    # reader that sees qsize() > 0 while another reader has already taken the
+    # bytes (its get() releases the count only afterwards) must still time
+    # out; a timed receive that took the poll-free get() waited forever.
+    q: Any = multiprocessing.get_context("spawn").Queue()
+    try:
+        subscriber = QueueSubscriber(q)
+        QueuePublisher({"t": q}).send("t", b"taken by the other reader")
+        assert q._reader.poll(10)
+        with q._rlock:  # the other reader, caught between its recv and its count release
+            assert q._reader.recv_bytes()
+        assert q.qsize() == 1
+        outcome: list[object] = []
+
+        def receive() -> None:
+            try:
+                outcome.append(subscriber.receive(timeout=0.5))
+            except StreamTimeoutError as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=receive, daemon=True)
+        thread.start()
+        thread.join(10)
+        hung = thread.is_alive()
+        if hung:
+            q.put(b"release the hung reader")
+            thread.join(10)
+        assert not hung, "a receive with timeout=0.5 was still waiting after 10 s"
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], StreamTimeoutError)
+    finally:
+        q.cancel_join_thread()
+        q.close()
+
+
+@pytest.mark.skipif(not os.environ.get("PSS_LONG_SOAK"), reason="set PSS_LONG_SOAK=1")
+@pytest.mark.parametrize("shim", ["queue", "redis-stream", "rabbitmq-queue"])
+def test_long_soak(shim: str) -> None:
+    """The 60 s soak of the closing note; not part of the default run."""
+    report = run_soak(SoakConfig(shim=shim, seconds=60))
+    assert report.failures() == []
