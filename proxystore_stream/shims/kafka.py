@@ -61,6 +61,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -71,10 +72,12 @@ from typing import Self
 
 from proxystore_stream._offload import SLICE_SECONDS
 from proxystore_stream.exceptions import BrokerConnectionError
+from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import StreamError
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
 from proxystore_stream.exceptions import require
+from proxystore_stream.retry import RetryPolicy
 from proxystore_stream.shims._errors import map_errors
 
 try:
@@ -107,6 +110,13 @@ KEEPALIVE = 1.0
 # How long close() waits for a receive in another thread to leave the client.
 _CLOSE_WAIT = 10.0
 _DEFAULT_TIMEOUT_MS = 5000
+# Publishers block in send() while this many bytes are unacknowledged.
+MAX_PENDING_BYTES = 64 * 1024 * 1024
+# Waits for the broker check the retry deadline this often.
+_WAIT_SLICE = 0.5
+# A wait for acknowledgements logs a warning once it lasted this long.
+_WARN_AFTER = 2.0
+
 
 def _errors(module: Any, *names: str) -> tuple[type[Exception], ...]:
     # Names differ across client versions (kafka-python 3 dropped NoBrokersAvailable).
@@ -127,9 +137,10 @@ _AIOKAFKA_CONNECTION_ERRORS = _errors(
     "NoBrokersAvailable",
     "NodeNotReadyError",
 )
+# confluent_kafka.KafkaError._ALL_BROKERS_DOWN (not imported: optional).
+_CONFLUENT_ALL_BROKERS_DOWN = -187
 _ERRORS: dict[type[BaseException], type[StreamError]] = {
-    cls: BrokerConnectionError
-    for cls in _KAFKA_CONNECTION_ERRORS + _AIOKAFKA_CONNECTION_ERRORS
+    cls: BrokerConnectionError for cls in _KAFKA_CONNECTION_ERRORS + _AIOKAFKA_CONNECTION_ERRORS
 }
 
 
@@ -170,9 +181,14 @@ class _Delivery:
 
         Kafka evicts a member that does not poll within its
         max_poll_interval_ms, so even with a full buffer the client is
-        polled every KEEPALIVE seconds.
+        polled every KEEPALIVE seconds; and acknowledged offsets are
+        committed every COMMIT_INTERVAL while serving the buffer, so a
+        crash redelivers at most that window.
         """
-        return bool(self.buffer) and time.monotonic() - self.last_poll < KEEPALIVE
+        if not self.buffer:
+            return False
+        now = time.monotonic()
+        return now - self.last_poll < KEEPALIVE and now - self.last_commit < COMMIT_INTERVAL
 
     def extend(self, batches: Mapping[Any, Iterable[Any]]) -> None:
         """Buffer the records of a kafka-python/aiokafka poll result."""
@@ -191,13 +207,21 @@ class _Delivery:
         With `now`, nothing is due until COMMIT_INTERVAL passed since the
         last commit.
         """
-        if now is not None and now - self.last_commit < COMMIT_INTERVAL:
-            return {}
+        if now is not None:
+            if now - self.last_commit < COMMIT_INTERVAL:
+                return {}
+            self.last_commit = now  # checked now, even if nothing is due
         return {tp: o for tp, o in self.acked.items() if self.committed.get(tp) != o}
 
     def mark_committed(self, offsets: Mapping[tuple[str, int], int]) -> None:
         self.committed.update(offsets)
         self.last_commit = time.monotonic()
+
+    def forget_commits(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Mark commits that failed as not done, so they are due again."""
+        for tp, offset in offsets.items():
+            if self.committed.get(tp) == offset:
+                del self.committed[tp]
 
     def revoke(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Forget revoked partitions; return their positions to commit now."""
@@ -215,11 +239,64 @@ class _Delivery:
         return due
 
 
+class _Outage:
+    """How long a subscriber's client has held no broker connection."""
+
+    def __init__(self, deadline: float, broker: str) -> None:
+        self.deadline = deadline
+        self.broker = broker
+        self.since: float | None = None
+
+    def clear(self) -> None:
+        if self.since is not None:
+            logger.info(
+                "%s reachable again after %.1f s", self.broker, time.monotonic() - self.since
+            )
+            self.since = None
+
+    def check(self, connected: bool) -> None:
+        """Note the connection state; raise once it was down for the deadline."""
+        if connected:
+            self.clear()
+            return
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            logger.warning(
+                "%s unreachable; the client reconnects, giving up after %s s",
+                self.broker,
+                self.deadline,
+            )
+        elif now - self.since >= self.deadline:
+            raise BrokerConnectionError(
+                f"no broker connection for {now - self.since:.1f} s (deadline {self.deadline} s)",
+                broker=self.broker,
+            )
+
+
 def _check_send(topic: str, message: bytes) -> None:
     if not isinstance(topic, str) or not topic:
         raise TypeError(f"topic must be a non-empty str, not {topic!r}")
     if not isinstance(message, (bytes, bytearray, memoryview)):
         raise TypeError(f"message must be bytes, not {type(message).__name__}")
+
+
+def _check_retry(retry: RetryPolicy | None) -> RetryPolicy:
+    if retry is None:
+        return RetryPolicy()
+    if not isinstance(retry, RetryPolicy):
+        raise TypeError(f"retry must be a RetryPolicy or None, not {type(retry).__name__}")
+    return retry
+
+
+def _check_max_pending(limit: int | None) -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"max_pending_bytes must be an int or None, not {type(limit).__name__}")
+    if limit <= 0:
+        raise ValueError(f"max_pending_bytes must be > 0, not {limit}")
+    return limit
 
 
 def _check_topics(topics: Sequence[str]) -> list[str]:
@@ -324,17 +401,148 @@ def _create_with(
 # ------------------------------------------------------------------- publishers
 
 
+class _Ledger:
+    """Messages handed to a producer client and not yet settled (thread-safe).
+
+    The client reports every message once, delivered or failed, on its own
+    thread (kafka-python) or inside poll()/flush() (confluent-kafka). Waiters
+    tell a slow broker (reports keep arriving) from an absent one (none for
+    the retry deadline).
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.pending = 0
+        self.pending_bytes = 0
+        self.settled = 0
+        self.failed = 0
+        self.error: BaseException | None = None
+        self._waiters = 0
+
+    def add(self, size: int) -> None:
+        with self.cond:
+            self.pending += 1
+            self.pending_bytes += size
+
+    def delivered(self, metadata: Any) -> None:
+        """Settle a kafka-python record (its metadata carries the size)."""
+        self.settle(metadata.serialized_value_size, None)
+
+    def undelivered(self, size: int, error: BaseException) -> None:
+        self.settle(size, error)
+
+    def settle(self, size: int, error: BaseException | None) -> None:
+        with self.cond:
+            self.pending -= 1
+            self.pending_bytes -= max(size, 0)
+            self.settled += 1
+            if error is not None:
+                self.failed += 1
+                if self.error is None:
+                    self.error = error
+            if self._waiters:
+                self.cond.notify_all()
+
+    def take_failures(self) -> tuple[int, BaseException | None]:
+        with self.cond:
+            failed, error = self.failed, self.error
+            self.failed, self.error = 0, None
+            return failed, error
+
+    def wait(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Wait up to `timeout` s for `done()` (checked under the lock)."""
+        with self.cond:
+            self._waiters += 1
+            try:
+                return self.cond.wait_for(done, timeout)
+            finally:
+                self._waiters -= 1
+
+
+class _Stall:
+    """Raises BrokerConnectionError when no message settled for `deadline` s."""
+
+    def __init__(self, ledger: _Ledger, deadline: float, broker: str, what: str) -> None:
+        self.ledger = ledger
+        self.deadline = deadline
+        self.broker = broker
+        self.what = what
+        self.settled = ledger.settled
+        self.since = time.monotonic()
+        self.warned = False
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if self.ledger.settled != self.settled:
+            self.settled, self.since = self.ledger.settled, now
+            return
+        stalled = now - self.since
+        if stalled >= self.deadline:
+            raise BrokerConnectionError(
+                f"{self.what}: no acknowledgement from the broker for {stalled:.1f} s "
+                f"(deadline {self.deadline} s); {self.ledger.pending} message(s) "
+                "are still buffered in the client",
+                broker=self.broker,
+            )
+        if not self.warned and stalled >= _WARN_AFTER:
+            self.warned = True
+            logger.warning(
+                "%s: no acknowledgement from %s for %.1f s; waiting up to %s s",
+                self.what,
+                self.broker,
+                stalled,
+                self.deadline,
+            )
+
+
+def _producer_defaults(kwargs: dict[str, Any], policy: RetryPolicy) -> None:
+    """Fill in kafka-python producer settings the shim relies on (callers win)."""
+    _reconnect_defaults(kwargs, policy)
+    kwargs.setdefault("bootstrap_timeout_ms", _DEFAULT_TIMEOUT_MS)
+    kwargs.setdefault("max_block_ms", max(100, min(_DEFAULT_TIMEOUT_MS, _ms(policy.deadline))))
+    kwargs.setdefault("acks", "all")
+    # Records wait in the client while the broker is away; they must not
+    # expire before the shim's own deadline has raised.
+    kwargs.setdefault("delivery_timeout_ms", max(120_000, _ms(policy.deadline) + 30_000))
+
+
+def _reconnect_defaults(kwargs: dict[str, Any], policy: RetryPolicy) -> None:
+    # kafka-python reconnects by itself (exponential backoff, +-20 % jitter);
+    # bound it by the policy instead of the client's 30 s maximum.
+    kwargs.setdefault("reconnect_backoff_ms", max(1, _ms(policy.initial)))
+    kwargs.setdefault(
+        "reconnect_backoff_max_ms",
+        max(kwargs["reconnect_backoff_ms"], _ms(policy.maximum)),
+    )
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
 class KafkaPublisher:
     """Publisher over a `kafka.KafkaProducer` (or a confluent-kafka `Producer`).
 
-    Messages are batched by the client; nothing is flushed per message.
+    Messages are batched by the client; nothing is flushed per message. The
+    client reconnects by itself and retries undelivered batches in order;
+    the shim bounds how long it waits (see `retry`) and how much it buffers.
 
     Args:
         client: The producer. It is closed by `close()`.
         create_topics: Create each topic (one partition) before its first
             send, so order holds per topic. Needs a kafka-python producer
             (its connection settings are reused for the admin client).
-        flush_timeout: Seconds `flush()` waits for the broker at most.
+        retry: How long to wait for an absent broker: `send()` and `flush()`
+            raise `BrokerConnectionError` once no message was acknowledged
+            (and no send could start) for ``retry.deadline`` seconds. None
+            means ``RetryPolicy()`` (30 s).
+        max_pending_bytes: Bytes sent but not yet acknowledged at most;
+            beyond it `send()` blocks until the broker catches up (raising
+            `BrokerConnectionError` after the deadline). None: unbounded.
+
+    Raises:
+        TypeError: If `client` is not a producer or `retry` not a RetryPolicy.
+        ValueError: If `max_pending_bytes` is not positive.
     """
 
     connection_errors = _KAFKA_CONNECTION_ERRORS
@@ -344,7 +552,8 @@ class KafkaPublisher:
         client: Any,
         *,
         create_topics: bool = True,
-        flush_timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        max_pending_bytes: int | None = MAX_PENDING_BYTES,
     ) -> None:
         self._client = client
         self._confluent = _is_confluent_producer(client)
@@ -353,14 +562,15 @@ class KafkaPublisher:
                 "client must be a kafka.KafkaProducer or confluent_kafka.Producer, "
                 f"not {type(client).__name__}",
             )
+        self._retry = _check_retry(retry)
+        self._max_pending = _check_max_pending(max_pending_bytes)
         config = {} if self._confluent else dict(getattr(client, "config", {}))
         self._broker = _describe(config.get("bootstrap_servers"))
         self._create = create_topics and not self._confluent and bool(config)
         self._admin_config = _admin_kwargs(config)
         self._admin: Any = None
         self._known: set[str] = set()
-        self._flush_timeout = flush_timeout
-        self._error: BaseException | None = None
+        self._ledger = _Ledger()
         self._closed = False
         self.flush_calls = 0
 
@@ -370,6 +580,7 @@ class KafkaPublisher:
         servers: str | Sequence[str],
         *,
         create_topics: bool = True,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> Self:
         """Make a publisher with a new `kafka.KafkaProducer`.
@@ -377,20 +588,34 @@ class KafkaPublisher:
         Args:
             servers: Bootstrap servers (``"host:port"`` or a list of them).
             create_topics: See the class.
+            retry: See the class. Its ``initial``/``maximum`` also bound the
+                client's reconnect backoff.
             **kwargs: Passed to `KafkaProducer` (``security_protocol``,
                 ``sasl_mechanism``, ``ssl_cafile``, ``max_request_size``,
-                ``linger_ms``...). ``bootstrap_timeout_ms`` and
-                ``max_block_ms`` default to 5 s so an unreachable broker
-                fails fast.
+                ``linger_ms``, ``max_pending_bytes`` for the shim...).
+                Defaults: ``acks="all"`` (idempotence stays on, the
+                kafka-python 3 default), ``bootstrap_timeout_ms`` 5 s,
+                ``max_block_ms`` 5 s (less if the deadline is shorter),
+                ``delivery_timeout_ms`` the deadline + 30 s (at least 120 s).
 
         Raises:
             BrokerConnectionError: If the broker cannot be reached.
         """
-        kwargs.setdefault("bootstrap_timeout_ms", _DEFAULT_TIMEOUT_MS)
-        kwargs.setdefault("max_block_ms", _DEFAULT_TIMEOUT_MS)
+        policy = _check_retry(retry)
+        max_pending = kwargs.pop("max_pending_bytes", MAX_PENDING_BYTES)
+        _producer_defaults(kwargs, policy)
         with map_errors(_ERRORS, broker=_describe(servers)):
             client = kafka.KafkaProducer(bootstrap_servers=servers, **kwargs)
-        return cls(client, create_topics=create_topics)
+        try:
+            return cls(
+                client,
+                create_topics=create_topics,
+                retry=policy,
+                max_pending_bytes=max_pending,
+            )
+        except BaseException:
+            client.close(timeout=0)
+            raise
 
     def __enter__(self) -> Self:
         return self
@@ -407,109 +632,176 @@ class KafkaPublisher:
             _create_with(self._admin, [topic])
         self._known.add(topic)
 
-    def _failed(self, error: BaseException) -> None:
-        if self._error is None:
-            self._error = error
-
     def _raise_failure(self) -> None:
-        error, self._error = self._error, None
-        if error is None:
+        failed, error = self._ledger.take_failures()
+        if not failed:
             return
         if isinstance(error, kafka.errors.MessageSizeTooLargeError):
             raise ValueError(f"message is larger than the Kafka limit: {error}") from error
-        with map_errors(_ERRORS, broker=self._broker):
-            raise error
+        raise BrokerConnectionError(
+            f"{failed} message(s) were not delivered: {type(error).__name__}: {error}",
+            broker=self._broker,
+        ) from error
 
     def send(self, topic: str, message: bytes) -> None:
         """Hand a message to the client's batch for `topic` (no flush).
 
+        Blocks while `max_pending_bytes` are unacknowledged, and retries
+        while the broker is away (metadata of a new topic), both up to the
+        retry deadline. A failed delivery of an earlier message is raised
+        here or by the next `flush()`.
+
         Raises:
             TypeError: If `topic` or `message` has the wrong type.
-            ValueError: If the message exceeds the producer's size limit.
-            BrokerConnectionError: If the broker cannot be reached.
+            ValueError: If a message exceeds the producer's size limit.
+            PublisherClosedError: If the publisher is closed.
+            BrokerConnectionError: If the broker stayed away past the
+                deadline, or earlier messages were not delivered.
         """
         if type(message) is not bytes or type(topic) is not str:
             _check_send(topic, message)
             message = bytes(message)
         if self._closed:
-            raise BrokerConnectionError("KafkaPublisher is closed", broker=self._broker)
-        if self._error is not None:
+            raise PublisherClosedError("KafkaPublisher is closed")
+        ledger = self._ledger
+        if ledger.failed:
             self._raise_failure()
-        # The hot path: no context manager, no copy, one errback.
+        if self._max_pending is not None and ledger.pending_bytes >= self._max_pending:
+            self._wait_for_room()
+        # The hot path: no context manager, no copy; one settle callback each way.
         try:
             if topic not in self._known:
                 self._ensure_topic(topic)
             if self._confluent:
-                _confluent_produce(self._client, topic, message, self._failed)
+                self._produce_confluent(topic, message)
                 return
             future = self._client.send(topic, value=message)
         except kafka.errors.MessageSizeTooLargeError as error:
             raise ValueError(f"message is larger than the Kafka limit: {error}") from error
         except self.connection_errors as error:
-            message_ = f"{type(error).__name__}: {error}"
-            raise BrokerConnectionError(message_, broker=self._broker) from error
-        if future.is_done:
-            if future.failed():
-                self._failed(future.exception)
-                self._raise_failure()
-        else:
-            future.add_errback(self._failed)
+            future = self._send_retrying(topic, message, error)
+        ledger.add(len(message))
+        future.add_callback(ledger.delivered)
+        future.add_errback(ledger.undelivered, len(message))
+        if future.is_done and future.failed():
+            self._raise_failure()
+
+    def _send_retrying(self, topic: str, message: bytes, first: BaseException) -> Any:
+        logger.warning("Kafka send to %r failed (%s); retrying", topic, first)
+
+        def attempt() -> Any:
+            self._ensure_topic(topic)
+            return self._client.send(topic, value=message)
+
+        try:
+            return self._retry.call(attempt, retry_on=self.connection_errors, broker=self._broker)
+        except kafka.errors.MessageSizeTooLargeError as error:
+            raise ValueError(f"message is larger than the Kafka limit: {error}") from error
+
+    def _produce_confluent(self, topic: str, message: bytes) -> None:
+        ledger, size = self._ledger, len(message)
+
+        def report(error: Any, _message: Any) -> None:
+            if error is None:
+                ledger.settle(size, None)
+            else:
+                ledger.undelivered(size, BrokerConnectionError(f"delivery failed: {error}"))
+
+        stall: _Stall | None = None
+        while True:
+            try:
+                self._client.produce(topic, message, on_delivery=report)
+                break
+            except BufferError:
+                # librdkafka's local queue is full: serve delivery reports.
+                stall = stall or _Stall(ledger, self._retry.deadline, self._broker, "send")
+                stall.check()
+                self._client.poll(SLICE_SECONDS)
+        ledger.add(size)
+        self._client.poll(0)
+
+    def _wait_for_room(self) -> None:
+        ledger, limit = self._ledger, self._max_pending
+        stall = _Stall(ledger, self._retry.deadline, self._broker, "send")
+        while not ledger.wait(lambda: ledger.pending_bytes < limit, _WAIT_SLICE):  # type: ignore[operator]
+            if self._confluent:
+                self._client.poll(0)
+            stall.check()
 
     def flush(self) -> None:
         """Block until the broker acknowledged every message sent so far.
 
+        Waits as long as acknowledgements keep arriving; raises once none
+        arrived for the retry deadline. Messages still buffered then stay in
+        the client (a later `flush()` delivers them if the broker returns).
+
         Raises:
-            BrokerConnectionError: If the broker cannot be reached in time.
+            BrokerConnectionError: If the broker stayed away past the
+                deadline, or messages were not delivered.
             ValueError: If a message was rejected as too large.
         """
         self.flush_calls += 1
         if self._closed:
             return
+        self._flush()
+
+    def _flush(self) -> None:
+        ledger = self._ledger
+        stall = _Stall(ledger, self._retry.deadline, self._broker, "flush")
         with map_errors(_ERRORS, broker=self._broker):
-            if self._confluent:
-                left = self._client.flush(self._flush_timeout)
-                if left:
-                    raise BrokerConnectionError(
-                        f"{left} messages not delivered within {self._flush_timeout} s",
-                        broker=self._broker,
-                    )
-            else:
-                self._client.flush(timeout=self._flush_timeout)
+            while True:
+                if self._confluent:
+                    flushed = self._client.flush(_WAIT_SLICE) == 0
+                else:
+                    try:
+                        self._client.flush(timeout=_WAIT_SLICE)
+                        flushed = True
+                    except kafka.errors.KafkaTimeoutError:
+                        flushed = False
+                # The client marks batches done just before it runs the
+                # callbacks that settle them.
+                if flushed and ledger.wait(lambda: ledger.pending == 0, _WAIT_SLICE):
+                    break
+                stall.check()
         self._raise_failure()
 
     def close(self) -> None:
-        """Flush pending messages, then close the client (idempotent)."""
+        """Flush pending messages, then close the client (idempotent).
+
+        Raises:
+            BrokerConnectionError: If pending messages could not be
+                delivered (the client is closed anyway, dropping them).
+        """
         if self._closed:
             return
+        self._closed = True
+        delivered = False
         try:
-            self.flush()
+            self._flush()
+            delivered = True
         finally:
-            self._closed = True
             if self._admin is not None:
                 self._admin.close()
             if self._confluent:
                 if hasattr(self._client, "close"):
                     self._client.close()
+            elif delivered:
+                self._client.close(timeout=_CLOSE_WAIT)
             else:
-                self._client.close(timeout=self._flush_timeout)
+                self._abandon()
 
-
-def _confluent_produce(client: Any, topic: str, message: bytes, failed: Any) -> None:
-    def report(error: Any, _message: Any) -> None:
-        if error is not None:
-            failed(BrokerConnectionError(f"delivery failed: {error}"))
-
-    deadline = time.monotonic() + _DEFAULT_TIMEOUT_MS / 1000
-    while True:
+    def _abandon(self) -> None:
+        # kafka-python's close() flushes first and, when that times out,
+        # raises before it stops its IO thread. Stop the thread first (it
+        # fails the undelivered batches), then close.
+        sender = getattr(self._client, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+            sender.join(_CLOSE_WAIT)
         try:
-            client.produce(topic, message, on_delivery=report)
-            break
-        except BufferError:
-            # The local queue is full: serve delivery reports to make room.
-            if time.monotonic() >= deadline:
-                raise BrokerConnectionError("producer queue stayed full") from None
-            client.poll(0.05)
-    client.poll(0)
+            self._client.close(timeout=0)
+        except kafka.errors.KafkaError as error:
+            logger.warning("Closing the Kafka producer failed: %s", error)
 
 
 class AsyncKafkaPublisher:
@@ -520,18 +812,31 @@ class AsyncKafkaPublisher:
         admin_config: Connection settings for an `AIOKafkaAdminClient` that
             creates topics (one partition) before their first send; None
             skips topic creation. `from_bootstrap` fills it in.
+        retry: `flush()` raises `BrokerConnectionError` once no message was
+            acknowledged for ``retry.deadline`` seconds. aiokafka expires
+            a buffered batch after the producer's ``request_timeout_ms``;
+            `from_bootstrap` sets that to the deadline (at least 5 s).
     """
 
     connection_errors = _AIOKAFKA_CONNECTION_ERRORS
 
-    def __init__(self, client: Any, *, admin_config: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        admin_config: Mapping[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         if not hasattr(client, "send") or not hasattr(client, "flush"):
             raise TypeError(f"client must be an AIOKafkaProducer, not {type(client).__name__}")
         self._client = client
+        self._retry = _check_retry(retry)
         self._admin_config = None if admin_config is None else dict(admin_config)
         self._broker = _describe((admin_config or {}).get("bootstrap_servers"))
         self._known: set[str] = set()
         self._pending: set[asyncio.Future[Any]] = set()
+        self._settled = 0
+        self._failed = 0
         self._error: BaseException | None = None
         self._closed = False
         self.flush_calls = 0
@@ -542,6 +847,7 @@ class AsyncKafkaPublisher:
         servers: str | Sequence[str],
         *,
         create_topics: bool = True,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> Self:
         """Make a publisher with a new, started `AIOKafkaProducer`.
@@ -550,13 +856,19 @@ class AsyncKafkaPublisher:
             servers: Bootstrap servers.
             create_topics: Create each topic (one partition) before its
                 first send.
+            retry: See the class; its ``initial``/``maximum`` also bound the
+                client's reconnect backoff.
             **kwargs: Passed to `AIOKafkaProducer` (``security_protocol``,
                 ``ssl_context``, ``sasl_*``, ``max_request_size``...).
+                ``acks`` defaults to ``"all"``.
 
         Raises:
             BrokerConnectionError: If the broker cannot be reached.
         """
-        kwargs.setdefault("request_timeout_ms", _DEFAULT_TIMEOUT_MS)
+        policy = _check_retry(retry)
+        kwargs.setdefault("request_timeout_ms", max(_DEFAULT_TIMEOUT_MS, _ms(policy.deadline)))
+        kwargs.setdefault("retry_backoff_ms", max(1, _ms(policy.initial)))
+        kwargs.setdefault("acks", "all")
         client = aiokafka.AIOKafkaProducer(bootstrap_servers=servers, **kwargs)
         await _start(client, servers)
         admin = None
@@ -564,7 +876,8 @@ class AsyncKafkaPublisher:
             names = _async_admin_keys()
             admin = {k: v for k, v in kwargs.items() if k in names}
             admin["bootstrap_servers"] = servers
-        return cls(client, admin_config=admin)
+            admin["request_timeout_ms"] = _DEFAULT_TIMEOUT_MS
+        return cls(client, admin_config=admin, retry=policy)
 
     async def __aenter__(self) -> Self:
         return self
@@ -574,17 +887,23 @@ class AsyncKafkaPublisher:
 
     def _done(self, future: asyncio.Future[Any]) -> None:
         self._pending.discard(future)
-        if not future.cancelled() and future.exception() is not None and self._error is None:
-            self._error = future.exception()
+        self._settled += 1
+        if not future.cancelled() and future.exception() is not None:
+            self._failed += 1
+            if self._error is None:
+                self._error = future.exception()
 
     def _raise_failure(self) -> None:
-        error, self._error = self._error, None
-        if error is None:
+        failed, error = self._failed, self._error
+        if not failed:
             return
+        self._failed, self._error = 0, None
         if isinstance(error, aiokafka.errors.MessageSizeTooLargeError):
             raise ValueError(f"message is larger than the Kafka limit: {error}") from error
-        with map_errors(_ERRORS, broker=self._broker):
-            raise error
+        raise BrokerConnectionError(
+            f"{failed} message(s) were not delivered: {type(error).__name__}: {error}",
+            broker=self._broker,
+        ) from error
 
     async def send(self, topic: str, message: bytes) -> None:
         """Add a message to the client's batch for `topic` (no flush).
@@ -592,43 +911,86 @@ class AsyncKafkaPublisher:
         Raises:
             TypeError: If `topic` or `message` has the wrong type.
             ValueError: If the message exceeds the producer's size limit.
-            BrokerConnectionError: If the broker cannot be reached.
+            PublisherClosedError: If the publisher is closed.
+            BrokerConnectionError: If the broker stayed away past the
+                deadline, or earlier messages were not delivered.
         """
         _check_send(topic, message)
         if self._closed:
-            raise BrokerConnectionError("AsyncKafkaPublisher is closed", broker=self._broker)
+            raise PublisherClosedError("AsyncKafkaPublisher is closed")
         self._raise_failure()
-        with map_errors(_ERRORS, broker=self._broker):
+        try:
             if topic not in self._known:
-                if self._admin_config is not None:
-                    await _async_create(self._admin_config, [topic])
-                self._known.add(topic)
-            try:
-                future = await self._client.send(topic, bytes(message))
-            except aiokafka.errors.MessageSizeTooLargeError as error:
-                raise ValueError(f"message is larger than the Kafka limit: {error}") from error
+                await self._ensure_topic(topic)
+            future = await self._client.send(topic, bytes(message))
+        except aiokafka.errors.MessageSizeTooLargeError as error:
+            raise ValueError(f"message is larger than the Kafka limit: {error}") from error
+        except self.connection_errors as error:
+            future = await self._send_retrying(topic, bytes(message), error)
         self._pending.add(future)
         future.add_done_callback(self._done)
 
+    async def _ensure_topic(self, topic: str) -> None:
+        if self._admin_config is not None:
+            await _async_create(self._admin_config, [topic])
+        self._known.add(topic)
+
+    async def _send_retrying(self, topic: str, message: bytes, first: BaseException) -> Any:
+        logger.warning("Kafka send to %r failed (%s); retrying", topic, first)
+
+        async def attempt() -> Any:
+            if topic not in self._known:
+                await self._ensure_topic(topic)
+            return await self._client.send(topic, message)
+
+        try:
+            return await self._retry.call_async(
+                attempt, retry_on=self.connection_errors, broker=self._broker
+            )
+        except aiokafka.errors.MessageSizeTooLargeError as error:
+            raise ValueError(f"message is larger than the Kafka limit: {error}") from error
+
     async def flush(self) -> None:
-        """Wait until the broker acknowledged every message sent so far."""
+        """Wait until the broker acknowledged every message sent so far.
+
+        Raises:
+            BrokerConnectionError: If no message was acknowledged for the
+                retry deadline, or messages were not delivered.
+            ValueError: If a message was rejected as too large.
+        """
         self.flush_calls += 1
         if self._closed:
             return
-        with map_errors(_ERRORS, broker=self._broker):
-            await self._client.flush()
-            if self._pending:
-                await asyncio.wait(list(self._pending))
+        await self._flush()
+
+    async def _flush(self) -> None:
+        settled, since = self._settled, time.monotonic()
+        while self._pending:
+            await asyncio.wait(list(self._pending), timeout=_WAIT_SLICE)
+            now = time.monotonic()
+            if self._settled != settled:
+                settled, since = self._settled, now
+            elif self._pending and now - since >= self._retry.deadline:
+                raise BrokerConnectionError(
+                    f"flush: no acknowledgement from the broker for {now - since:.1f} s "
+                    f"(deadline {self._retry.deadline} s); {len(self._pending)} message(s) "
+                    "are still buffered in the client",
+                    broker=self._broker,
+                )
         self._raise_failure()
 
     async def close(self) -> None:
-        """Flush pending messages, then stop the client (idempotent)."""
+        """Flush pending messages, then stop the client (idempotent).
+
+        Raises:
+            BrokerConnectionError: If pending messages could not be delivered.
+        """
         if self._closed:
             return
+        self._closed = True
         try:
-            await self.flush()
+            await self._flush()
         finally:
-            self._closed = True
             await self._client.stop()
 
 
@@ -677,9 +1039,14 @@ class KafkaSubscriber:
             Required for a confluent-kafka consumer.
         create_topics: Create the topics (one partition) if missing before
             subscribing (kafka-python clients only).
+        retry: How long the broker may be away: `receive()` raises
+            `BrokerConnectionError` once the client held no broker
+            connection for ``retry.deadline`` seconds, and `ack()` once a
+            commit did not go through within it. None means ``RetryPolicy()``.
 
     Raises:
         ValueError: If the consumer auto-commits, or has no topics.
+        TypeError: If `client` is not a consumer or `retry` not a RetryPolicy.
     """
 
     connection_errors = _KAFKA_CONNECTION_ERRORS
@@ -690,6 +1057,7 @@ class KafkaSubscriber:
         *,
         topics: Sequence[str] | None = None,
         create_topics: bool = True,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._client = client
         self._confluent = _is_confluent_consumer(client)
@@ -703,7 +1071,13 @@ class KafkaSubscriber:
             _reject_auto_commit(config.get("enable_auto_commit"))
         self._broker = _describe(config.get("bootstrap_servers"))
         self._group = True if self._confluent else config.get("group_id") is not None
+        self._retry = _check_retry(retry)
         self._delivery = _Delivery()
+        self._outage = _Outage(self._retry.deadline, self._broker)
+        self._brokers_down = False  # confluent: _ALL_BROKERS_DOWN seen, no message since
+        self._last_probe = 0.0
+        # Offsets whose async commit failed (appended on the client's thread).
+        self._failed_commits: collections.deque[dict[tuple[str, int], int]] = collections.deque()
         self._io = threading.Lock()
         self._closed = False
         self._client_closed = False
@@ -732,6 +1106,7 @@ class KafkaSubscriber:
         *,
         group_id: str,
         create_topics: bool = True,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> Self:
         """Make a subscriber with a new `kafka.KafkaConsumer` in `group_id`.
@@ -741,6 +1116,8 @@ class KafkaSubscriber:
             topics: Topics to subscribe to.
             group_id: The consumer group; members share the messages.
             create_topics: See the class.
+            retry: See the class; its ``initial``/``maximum`` also bound the
+                client's reconnect backoff.
             **kwargs: Passed to `KafkaConsumer` (SASL/SSL settings,
                 ``session_timeout_ms``, ``max_partition_fetch_bytes``...).
                 ``auto_offset_reset`` defaults to ``"earliest"`` and
@@ -755,9 +1132,11 @@ class KafkaSubscriber:
         names = _check_topics(topics)
         if not isinstance(group_id, str) or not group_id:
             raise TypeError(f"group_id must be a non-empty str, not {group_id!r}")
+        policy = _check_retry(retry)
         kwargs.setdefault("auto_offset_reset", "earliest")
         kwargs.setdefault("bootstrap_timeout_ms", _DEFAULT_TIMEOUT_MS)
         kwargs.setdefault("allow_auto_create_topics", not create_topics)
+        _reconnect_defaults(kwargs, policy)
         with map_errors(_ERRORS, broker=_describe(servers)):
             client = kafka.KafkaConsumer(
                 bootstrap_servers=servers,
@@ -766,9 +1145,9 @@ class KafkaSubscriber:
                 **kwargs,
             )
         try:
-            return cls(client, topics=names, create_topics=create_topics)
+            return cls(client, topics=names, create_topics=create_topics, retry=policy)
         except BaseException:
-            client.close(autocommit=False)
+            client.close(autocommit=False, timeout_ms=0)
             raise
 
     def __enter__(self) -> Self:
@@ -806,15 +1185,55 @@ class KafkaSubscriber:
             else:
                 payload = _kafka_offsets(offsets)
                 if sync:
-                    self._client.commit(offsets=payload)
+                    self._client.commit(offsets=payload, timeout_ms=self._commit_timeout_ms())
                 else:
-                    self._client.commit_async(offsets=payload, callback=_log_commit)
+                    self._client.commit_async(offsets=payload, callback=self._commit_done)
         except (kafka.errors.CommitFailedError, kafka.errors.IllegalStateError) as error:
             # The group moved on (we were evicted); the next owner re-reads
             # from the last commit, so these messages may be redelivered.
             logger.warning("Kafka commit failed, messages may be redelivered: %s", error)
             return
         self._delivery.mark_committed(offsets)
+
+    def _take_failed_commits(self) -> None:
+        while self._failed_commits:
+            self._delivery.forget_commits(self._failed_commits.popleft())
+
+    def _commit_timeout_ms(self) -> int:
+        # A commit waits for the group coordinator; without a bound it waits
+        # request_timeout_ms (305 s by default) for an absent broker.
+        return max(1000, _ms(self._retry.deadline))
+
+    def _commit_done(self, offsets: Mapping[Any, Any], response: Any) -> None:
+        # Runs on the client's thread. A failed async commit was marked
+        # committed when sent; hand it back so the next commit repeats it.
+        if isinstance(response, Exception):
+            logger.warning("Kafka async commit failed, will retry: %s", response)
+            self._failed_commits.append(
+                {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()},
+            )
+
+    def _connected(self) -> bool:
+        """Whether the client holds a broker connection (best effort)."""
+        if self._confluent:
+            if self._brokers_down and time.monotonic() - self._last_probe >= KEEPALIVE:
+                # librdkafka reports brokers going down, not coming back:
+                # ask for metadata to find out.
+                self._last_probe = time.monotonic()
+                try:
+                    self._client.list_topics(timeout=SLICE_SECONDS)
+                    self._brokers_down = False
+                except Exception as error:  # confluent_kafka.KafkaException
+                    logger.debug("Kafka metadata probe failed: %s", error)
+            return not self._brokers_down
+        manager = getattr(self._client, "_manager", None)
+        connections = getattr(manager, "least_used_connections", None)
+        if connections is None:  # another client version: no deadline
+            return True
+        try:
+            return bool(connections())
+        except RuntimeError:  # the client's thread changed its connections meanwhile
+            return True
 
     def _poll(self, wait: float) -> None:
         if self._confluent:
@@ -828,10 +1247,16 @@ class KafkaSubscriber:
                 if message.error() is not None:
                     if message.error().fatal():
                         raise BrokerConnectionError(str(message.error()), broker=self._broker)
+                    if message.error().code() == _CONFLUENT_ALL_BROKERS_DOWN:
+                        self._brokers_down = True
                     continue
+                self._brokers_down = False
                 self._delivery.buffer.append(
                     _Record(
-                        message.topic(), message.partition(), message.offset(), message.value(),
+                        message.topic(),
+                        message.partition(),
+                        message.offset(),
+                        message.value(),
                     ),
                 )
             return
@@ -844,10 +1269,14 @@ class KafkaSubscriber:
             timeout: Seconds to wait at most; None waits until a message
                 arrives or the subscriber is closed.
 
+        Messages already fetched are handed over while the broker is away;
+        the client reconnects by itself meanwhile.
+
         Raises:
             StreamTimeoutError: If no message arrived within `timeout`.
             SubscriberClosedError: If the subscriber is (or gets) closed.
-            BrokerConnectionError: If the broker cannot be reached.
+            BrokerConnectionError: If the client held no broker connection
+                for the retry deadline.
         """
         deadline = _deadline(timeout)
         while True:
@@ -858,23 +1287,34 @@ class KafkaSubscriber:
                 self._delivery.ack_handed()
                 if self._delivery.ready():
                     return self._delivery.take().value  # type: ignore[union-attr]
+                self._take_failed_commits()
                 with map_errors(_ERRORS, broker=self._broker):
                     self._commit(self._delivery.due(now=time.monotonic()), sync=False)
                     self._poll(0 if self._delivery.buffer else _slice(deadline))
                 record = self._delivery.take()
                 if record is not None:
+                    self._outage.clear()
                     return record.value
+                self._outage.check(self._connected())
             if _expired(deadline):
                 raise StreamTimeoutError(f"No message within {timeout} s")
 
     def ack(self) -> None:
-        """Acknowledge every message handed over so far (commits now)."""
+        """Acknowledge every message handed over so far (commits now).
+
+        Raises:
+            BrokerConnectionError: If the commit did not go through within
+                the retry deadline (the offsets are committed later).
+        """
         with self._io:
             if self._client_closed:
                 return
             self._delivery.ack_handed()
+            self._take_failed_commits()
             with map_errors(_ERRORS, broker=self._broker):
-                self._commit(self._delivery.due(), sync=True)
+                # Everything acknowledged, also what an async commit may
+                # still be carrying: after ack() it is committed for sure.
+                self._commit(dict(self._delivery.acked), sync=True)
 
     def wait_assigned(self, timeout: float = 30.0) -> None:
         """Poll until this member holds its share of the group's partitions.
@@ -914,13 +1354,14 @@ class KafkaSubscriber:
         # message must not count as acknowledged then.
         self._delivery.handed = None
         try:
-            self._commit(self._delivery.due(), sync=True)
+            self._commit(dict(self._delivery.acked), sync=True)
         except Exception as error:  # closing must not fail on a lost broker
             logger.warning("Final Kafka commit failed: %s", error)
         if self._confluent:
             self._client.close()
         else:
-            self._client.close(autocommit=False)
+            # Leaving the group waits for the coordinator: bound it too.
+            self._client.close(autocommit=False, timeout_ms=self._commit_timeout_ms())
 
     def close(self) -> None:
         """Commit acknowledged offsets and close the client (idempotent).
@@ -983,11 +1424,6 @@ else:  # pragma: no cover - kafka-python 2.x calls listeners inside poll()
             self._subscriber._on_assign(assigned)
 
 
-def _log_commit(offsets: Any, response: Any) -> None:
-    if isinstance(response, Exception):
-        logger.warning("Kafka async commit of %s failed: %s", offsets, response)
-
-
 class AsyncKafkaSubscriber:
     """Async twin of `KafkaSubscriber` over an `aiokafka.AIOKafkaConsumer`.
 
@@ -999,17 +1435,27 @@ class AsyncKafkaSubscriber:
         client: A started consumer with ``enable_auto_commit=False``. It is
             stopped by `close()`.
         topics: Topics to subscribe to; None keeps the client's subscription.
+        retry: `receive()` raises `BrokerConnectionError` once the client
+            held no broker connection for ``retry.deadline`` seconds.
     """
 
     connection_errors = _AIOKAFKA_CONNECTION_ERRORS
 
-    def __init__(self, client: Any, *, topics: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        topics: Sequence[str] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         if not hasattr(client, "getmany"):
             raise TypeError(f"client must be an AIOKafkaConsumer, not {type(client).__name__}")
         _reject_auto_commit(getattr(client, "_enable_auto_commit", False))
         self._client = client
         self._group = getattr(client, "_group_id", None) is not None
         self._broker = "kafka"
+        self._retry = _check_retry(retry)
+        self._outage = _Outage(self._retry.deadline, self._broker)
         self._delivery = _Delivery()
         self._closed = False
         self._client_closed = False
@@ -1024,6 +1470,7 @@ class AsyncKafkaSubscriber:
         *,
         group_id: str,
         create_topics: bool = True,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> Self:
         """Make a subscriber with a new, started `AIOKafkaConsumer` in `group_id`.
@@ -1033,6 +1480,8 @@ class AsyncKafkaSubscriber:
             topics: Topics to subscribe to.
             group_id: The consumer group.
             create_topics: Create missing topics (one partition) first.
+            retry: See the class; its ``initial`` also sets the client's
+                ``retry_backoff_ms``.
             **kwargs: Passed to `AIOKafkaConsumer` (SASL/SSL settings...);
                 ``auto_offset_reset`` defaults to ``"earliest"``.
 
@@ -1044,8 +1493,10 @@ class AsyncKafkaSubscriber:
         names = _check_topics(topics)
         if not isinstance(group_id, str) or not group_id:
             raise TypeError(f"group_id must be a non-empty str, not {group_id!r}")
+        policy = _check_retry(retry)
         kwargs.setdefault("auto_offset_reset", "earliest")
         kwargs.setdefault("request_timeout_ms", _DEFAULT_TIMEOUT_MS)
+        kwargs.setdefault("retry_backoff_ms", max(1, _ms(policy.initial)))
         if create_topics:
             keys = _async_admin_keys()
             admin = {k: v for k, v in kwargs.items() if k in keys}
@@ -1057,8 +1508,8 @@ class AsyncKafkaSubscriber:
             enable_auto_commit=False,
             **kwargs,
         )
-        subscriber = cls(client, topics=names)
-        subscriber._broker = _describe(servers)
+        subscriber = cls(client, topics=names, retry=policy)
+        subscriber._broker = subscriber._outage.broker = _describe(servers)
         await _start(client, servers)
         return subscriber
 
@@ -1110,9 +1561,18 @@ class AsyncKafkaSubscriber:
             # No await between getmany returning and buffering: cancel-safe.
             self._delivery.extend(batches)
             if self._delivery.buffer:
+                self._outage.clear()
                 return self._delivery.take().value  # type: ignore[union-attr]
+            self._outage.check(self._connected())
             if _expired(deadline):
                 raise StreamTimeoutError(f"No message within {timeout} s")
+
+    def _connected(self) -> bool:
+        """Whether the client holds a broker connection (best effort)."""
+        connections = getattr(getattr(self._client, "_client", None), "_conns", None)
+        if connections is None:  # another client version: no deadline
+            return True
+        return any(conn.connected() for conn in list(connections.values()))
 
     async def ack(self) -> None:
         """Acknowledge every message handed over so far (commits now)."""
