@@ -9,6 +9,7 @@ StreamError
 ├── SubscriberClosedError(RuntimeError)     receive() on a subscriber closed by us
 ├── PublisherClosedError(RuntimeError)      send() on a publisher closed by us
 ├── BufferFullError(RuntimeError)           a bounded buffer is full and send may not wait
+├── SerializationError(TypeError)           an object its serializer cannot encode
 ├── MalformedMessageError(ValueError)       bytes that are not a valid envelope
 │   └── MessageAuthenticationError          unsigned or tampered envelope
 ├── BrokerConnectionError(ConnectionError)  broker unreachable, or lost
@@ -39,6 +40,7 @@ __all__ = [
     "MissingDependencyError",
     "ProxyResolveMissingKeyError",
     "PublisherClosedError",
+    "SerializationError",
     "StoreError",
     "StreamError",
     "StreamTimeoutError",
@@ -77,6 +79,13 @@ class PublisherClosedError(StreamError, RuntimeError):
 
 class BufferFullError(StreamError, RuntimeError):
     """A bounded queue or buffer is full and the send was not allowed to wait."""
+
+
+class SerializationError(StreamError, TypeError):
+    """An object cannot be encoded by the serializer chosen for it.
+
+    Raised by the `send()` that passed the object; nothing else is lost.
+    """
 
 
 class MalformedMessageError(StreamError, ValueError):

@@ -17,6 +17,7 @@ from typing import Generic
 from typing import Self
 from typing import TypeVar
 
+from proxystore_stream._core.producer_state import DEFAULT_MAX_BATCH_BYTES
 from proxystore_stream._core.producer_state import PreparedBatch
 from proxystore_stream._core.producer_state import ProducerState
 from proxystore_stream._core.producer_state import ReadyBatch
@@ -72,6 +73,10 @@ class StreamProducer(Generic[T]):
         aggregator: Combines each full batch into one object; its metadata
             is the union of the batch's metadata.
         batch_size: Objects per message (or per aggregated object).
+        max_batch_bytes: A batch also goes out once its objects' serialized
+            sizes reach this many bytes (default 1 MiB; None: no limit), so
+            large objects are not held back and copied into one huge
+            message. Not applied with an aggregator.
         inline_threshold: Per-message claim-check: objects whose serialized
             size is below this many bytes travel inline even when their
             topic has a store (like the SQS Extended Client at 256 KiB).
@@ -92,6 +97,7 @@ class StreamProducer(Generic[T]):
         filter_: Filter | None = None,
         aggregator: Callable[[list[T]], T] | None = None,
         batch_size: int = 1,
+        max_batch_bytes: int | None = DEFAULT_MAX_BATCH_BYTES,
         inline_threshold: int | None = None,
         serializer: Serializer | None = None,
         signing_key: bytes | None = None,
@@ -106,6 +112,7 @@ class StreamProducer(Generic[T]):
             filter_=filter_,
             aggregator=aggregator,
             batch_size=batch_size,
+            max_batch_bytes=max_batch_bytes,
             inline_threshold=inline_threshold,
             signing_key=signing_key,
         )
@@ -241,6 +248,7 @@ class AsyncStreamProducer(Generic[T]):
         filter_: Filter | None = None,
         aggregator: Callable[[list[T]], T] | None = None,
         batch_size: int = 1,
+        max_batch_bytes: int | None = DEFAULT_MAX_BATCH_BYTES,
         inline_threshold: int | None = None,
         serializer: Serializer | None = None,
         signing_key: bytes | None = None,
@@ -255,6 +263,7 @@ class AsyncStreamProducer(Generic[T]):
             filter_=filter_,
             aggregator=aggregator,
             batch_size=batch_size,
+            max_batch_bytes=max_batch_bytes,
             inline_threshold=inline_threshold,
             signing_key=signing_key,
         )

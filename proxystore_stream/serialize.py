@@ -25,6 +25,7 @@ import msgpack
 
 from proxystore_stream._types import Buffer
 from proxystore_stream.exceptions import MalformedMessageError
+from proxystore_stream.exceptions import SerializationError
 
 __all__ = [
     "MsgpackSerializer",
@@ -81,7 +82,12 @@ class PickleSerializer:
         if type(obj) is bytes:
             return [b"\x00", obj]
         buffers: list[pickle.PickleBuffer] = []
-        data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        try:
+            data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise SerializationError(
+                f"cannot pickle {type(obj).__name__} object: {exc}",
+            ) from exc
         if not buffers:
             return [b"\x01", data]
         raws = [buffer.raw() for buffer in buffers]
@@ -144,12 +150,12 @@ class MsgpackSerializer:
         """Serialize plain data.
 
         Raises:
-            TypeError: If `obj` contains something msgpack cannot encode.
+            SerializationError: If `obj` contains something msgpack cannot encode.
         """
         try:
             return [msgpack.packb(obj, use_bin_type=True)]
         except (TypeError, ValueError, OverflowError) as exc:
-            raise TypeError(
+            raise SerializationError(
                 f"MsgpackSerializer handles plain data only: {exc}",
             ) from exc
 
@@ -175,10 +181,10 @@ class RawBytesSerializer:
         """Return the bytes as the only frame.
 
         Raises:
-            TypeError: If `obj` is not `bytes`.
+            SerializationError: If `obj` is not `bytes`.
         """
         if type(obj) is not bytes:
-            raise TypeError(f"RawBytesSerializer takes bytes, not {type(obj).__name__}")
+            raise SerializationError(f"RawBytesSerializer takes bytes, not {type(obj).__name__}")
         return [obj]
 
     def loads(self, data: Buffer) -> Any:

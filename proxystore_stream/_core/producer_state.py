@@ -39,6 +39,10 @@ from proxystore_stream.serialize import Serializer
 
 T = TypeVar("T")
 
+DEFAULT_MAX_BATCH_BYTES = 1 << 20
+"""Default `max_batch_bytes`: past 1 MiB, batching saves no per-message cost
+worth the extra copies and memory of one huge message."""
+
 
 class StoreView(Protocol):
     """The pure parts of a Store the core needs (no I/O)."""
@@ -54,11 +58,19 @@ class StoreView(Protocol):
 
 @dataclass(slots=True)
 class PendingObject(Generic[T]):
-    """An accepted object waiting in a topic buffer."""
+    """An accepted object waiting in a topic buffer.
+
+    Objects are serialized when accepted (unless an aggregator will combine
+    them first): a later change to the object does not change what is sent,
+    an unserializable object fails the `send()` that passed it, and the
+    buffer knows its size in bytes.
+    """
 
     obj: T
     evict: bool
     metadata: dict[str, Any]
+    serializer: Serializer | None = None
+    frames: list[Buffer] | None = None
 
 
 @dataclass(slots=True)
@@ -76,6 +88,7 @@ class _Topic(Generic[T]):
     closed: bool = False
     end_sent: bool = False
     seq: int = 0
+    buffered_bytes: int = 0
     head: bytes = b""
     """`single_inline_head` of a direct topic (see `ProducerState.direct_topics`)."""
 
@@ -133,6 +146,9 @@ class ProducerState(Generic[T]):
         aggregator: Combines a full batch into one object; its metadata is
             the union of the batch's metadata.
         batch_size: Objects per message (per aggregated object).
+        max_batch_bytes: A batch also goes out once its objects' serialized
+            sizes add up to this many bytes (None: no limit). Ignored with
+            an aggregator, whose objects are serialized only once combined.
         inline_threshold: Objects whose serialized size is below this many
             bytes travel inline even when their topic has a store. None sends
             every object of a store topic through the store.
@@ -148,12 +164,19 @@ class ProducerState(Generic[T]):
         filter_: Filter | None = None,
         aggregator: Callable[[list[T]], T] | None = None,
         batch_size: int = 1,
+        max_batch_bytes: int | None = DEFAULT_MAX_BATCH_BYTES,
         inline_threshold: int | None = None,
         signing_key: bytes | None = None,
         producer_id: str | None = None,
     ) -> None:
         if type(batch_size) is not int or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if max_batch_bytes is not None and (
+            type(max_batch_bytes) is not int or max_batch_bytes < 1
+        ):
+            raise ValueError(
+                f"max_batch_bytes must be None or an int >= 1, got {max_batch_bytes!r}",
+            )
         if inline_threshold is not None and (
             type(inline_threshold) is not int or inline_threshold < 0
         ):
@@ -172,6 +195,7 @@ class ProducerState(Generic[T]):
         self._filter = filter_
         self._aggregator = aggregator
         self._batch_size = batch_size
+        self._max_batch_bytes = max_batch_bytes
         self._threshold = inline_threshold
         self._signing_key = signing_key
         self._topics: dict[str, _Topic[T]] = {}
@@ -253,8 +277,13 @@ class ProducerState(Generic[T]):
             pack_metadata(metadata)
         if self._filter is not None and self._filter(metadata):
             return None
-        state.buffer.append(PendingObject(obj, evict, metadata))
-        if len(state.buffer) >= self._batch_size:
+        item = PendingObject(obj, evict, metadata)
+        if self._aggregator is None:
+            state.buffered_bytes += _size(self._serialized(item, self._store_for(topic))[1])
+        state.buffer.append(item)
+        if len(state.buffer) >= self._batch_size or (
+            self._max_batch_bytes is not None and state.buffered_bytes >= self._max_batch_bytes
+        ):
             return self._take(topic, state)
         return None
 
@@ -280,8 +309,20 @@ class ProducerState(Generic[T]):
         batch = self._take(topic, state)
         return ReadyBatch(topic, batch.objects, end_of_stream=True)
 
+    def _serialized(
+        self,
+        item: PendingObject[T],
+        store: StoreView | None,
+    ) -> tuple[Serializer, list[Buffer]]:
+        """`item`'s serializer and frames for its store (or inline), made once."""
+        if item.serializer is None or item.frames is None:
+            item.serializer = self._serializer if store is None else store.serializer_for(item.obj)
+            item.frames = item.serializer.dumps(item.obj)
+        return item.serializer, item.frames
+
     def _take(self, topic: str, state: _Topic[T]) -> ReadyBatch[T]:
         objects, state.buffer = state.buffer, []
+        state.buffered_bytes = 0
         if self._aggregator is not None and len(objects) > 0:
             metadata: dict[str, Any] = {}
             for item in objects:
@@ -307,12 +348,10 @@ class ProducerState(Generic[T]):
         stores: list[list[Any]] = []
         store_index: dict[str, int] = {}
         for item in ready.objects:
+            serializer, frames = self._serialized(item, store)
             if store is None:
-                data = b"".join(self._serializer.dumps(item.obj))
-                events.append([INLINE, data, item.metadata])
+                events.append([INLINE, b"".join(frames), item.metadata])
                 continue
-            serializer = store.serializer_for(item.obj)
-            frames = serializer.dumps(item.obj)
             if self._threshold is not None and _size(frames) < self._threshold:
                 if serializer.name != self._serializer.name:
                     frames = self._serializer.dumps(item.obj)

@@ -14,6 +14,7 @@ from proxystore_stream._core.consumer_state import InlineObject
 from proxystore_stream._core.consumer_state import StoredObject
 from proxystore_stream._core.producer_state import ProducerState
 from proxystore_stream.events import StoreConfig
+from proxystore_stream.exceptions import SerializationError
 from proxystore_stream.exceptions import TopicClosedError
 from proxystore_stream.serialize import PickleSerializer
 
@@ -200,3 +201,42 @@ def test_signed_producer_to_verifying_consumer() -> None:
     step = consumer.next_step()
     assert isinstance(step, InlineObject)
     assert SERIALIZER.loads(step.data) == 42
+
+
+def test_max_batch_bytes_sends_a_batch_once_its_bytes_add_up() -> None:
+    state = producer(batch_size=64, max_batch_bytes=1000)
+    ready = [state.submit("t", b"x" * 300) for _ in range(8)]
+    # 4 objects of ~300 serialized bytes reach 1000 bytes: a batch of 4.
+    assert [r is not None for r in ready] == [False, False, False, True] * 2
+    assert all(len(r.objects) == 4 for r in ready if r is not None)
+    big = state.submit("t", b"y" * 5000)
+    assert big is not None
+    assert [o.obj for o in big.objects] == [b"y" * 5000]
+
+
+def test_no_byte_limit_keeps_batches_whole() -> None:
+    state = producer(batch_size=4, max_batch_bytes=None)
+    ready = [state.submit("t", b"x" * 10_000_000) for _ in range(4)]
+    assert [r is not None for r in ready] == [False, False, False, True]
+
+
+def test_objects_are_serialized_when_accepted() -> None:
+    state = producer(batch_size=2)
+    obj = {"v": 1}
+    assert state.submit("t", obj) is None
+    obj["v"] = 2  # changed after send(): the message carries what was sent
+    ready = state.submit("t", {"v": 3})
+    assert ready is not None
+    consumer = ConsumerState()
+    consumer.receive(messages(state, ready)[0])
+    steps = drain(consumer)
+    assert [SERIALIZER.loads(s.data) for s in steps[:2]] == [{"v": 1}, {"v": 3}]
+    with pytest.raises(SerializationError, match="cannot pickle function"):
+        state.submit("t", lambda: None)  # unpicklable: this send() fails, nothing else
+    assert state.flush("t") is None
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "1"])
+def test_bad_max_batch_bytes(value: Any) -> None:
+    with pytest.raises(ValueError, match="max_batch_bytes"):
+        producer(max_batch_bytes=value)
