@@ -74,7 +74,7 @@ class StreamProducer(Generic[T]):
             is the union of the batch's metadata.
         batch_size: Objects per message (or per aggregated object).
         max_batch_bytes: A batch also goes out once its objects' serialized
-            sizes reach this many bytes (default 1 MiB; None: no limit), so
+            sizes reach this many bytes (default 256 KiB; None: no limit), so
             large objects are not held back and copied into one huge
             message. Not applied with an aggregator.
         inline_threshold: Per-message claim-check: objects whose serialized
