@@ -92,16 +92,23 @@ class RedisFactory:
 def _unreachable(mode: str, endpoint: str) -> Callable[[], Any]:
     def attempt() -> Any:
         shim = _module(mode)
+        from proxystore_stream.retry import RetryPolicy
+
         port = free_port()
         name = {"pubsub": "Redis", "queue": "RedisQueue", "streams": "RedisStream"}[mode]
+        # A short deadline: the default policy retries for 30 s.
+        retry = RetryPolicy(deadline=1.0)
         if endpoint == "publisher":
-            pub = getattr(shim, f"{name}Publisher")(HOST, port)
+            extra_pub = {"retry": retry} if mode != "streams" else {}
+            pub = getattr(shim, f"{name}Publisher")(HOST, port, **extra_pub)
             try:
                 pub.send("pss-unreachable", b"x")
             finally:
                 close_quietly(pub)
             return None
-        extra = {"group": "g"} if mode == "streams" else {}
+        extra: dict[str, Any] = {"retry": retry} if mode == "queue" else {}
+        if mode == "streams":
+            extra["group"] = "g"
         sub = getattr(shim, f"{name}Subscriber")(HOST, port, "pss-unreachable", **extra)
         try:
             sub.receive(1.0)

@@ -244,12 +244,15 @@ def test_async_queue_cancelled_receive_loses_nothing(raw: Any, topic: str) -> No
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             raw.lpush(topic, b"after cancel")
-            return await sub.receive(5)
+            got = await sub.receive(5)
+            await sub.ack()
+            return got
         finally:
             await sub.close()
 
     assert asyncio.run(main()) == b"after cancel"
     assert raw.llen(topic) == 0
+    assert raw.keys(f"{topic}:*") == []
 
 
 def test_async_queue_close_pushes_an_orphaned_pop_back(raw: Any, topic: str) -> None:
@@ -275,6 +278,105 @@ def test_async_queue_close_pushes_an_orphaned_pop_back(raw: Any, topic: str) -> 
 
     assert asyncio.run(main()), "could not leave a pop without a caller"
     assert raw.lrange(topic, 0, -1) == [b"orphan"]
+
+
+def processing(raw: Any, topic: str, consumer: str) -> list[bytes]:
+    return list(raw.lrange(f"{topic}:pss-processing:{consumer}", 0, -1))
+
+
+def test_queue_acks_on_next_receive_and_on_ack(raw: Any, topic: str) -> None:
+    raw.lpush(topic, b"a", b"b", b"c")
+    with RedisQueueSubscriber(HOST, PORT, topic, consumer="w") as sub:
+        assert sub.consumer == "w"
+        assert sub.receive(5) == b"a"
+        assert processing(raw, topic, "w") == [b"a"]
+        assert raw.lrange(topic, 0, -1) == [b"c", b"b"]
+        assert sub.receive(5) == b"b"  # acknowledges a
+        assert processing(raw, topic, "w") == [b"b"]
+        sub.ack()
+        assert processing(raw, topic, "w") == []
+        sub.ack()  # nothing handed: nothing trimmed
+        assert sub.receive(5) == b"c"
+        assert processing(raw, topic, "w") == [b"c"]
+    # close() gives the unacknowledged message back to the head of the list.
+    assert raw.lrange(topic, 0, -1) == [b"c"]
+    assert processing(raw, topic, "w") == []
+
+
+def test_queue_restart_with_the_same_name_redelivers_first(raw: Any, topic: str) -> None:
+    # A subscriber that died holding two messages: one handed, one moved.
+    key = f"{topic}:pss-processing:w"
+    raw.rpush(key, b"moved", b"handed")  # newest left, oldest right
+    raw.lpush(topic, b"new")
+    with RedisQueueSubscriber(HOST, PORT, topic, consumer="w") as sub:
+        assert sub.receive(5) == b"handed"
+        assert sub.receive(5) == b"moved"
+        assert raw.lrange(key, 0, -1) == [b"moved"]
+        assert sub.receive(5) == b"new"
+        assert raw.lrange(key, 0, -1) == [b"new"]
+        sub.ack()
+        assert raw.exists(key) == 0
+    with (
+        RedisQueueSubscriber(HOST, PORT, topic, consumer="other") as other,
+        pytest.raises(StreamTimeoutError),
+    ):
+        other.receive(0.2)
+
+
+def test_queue_several_topics_in_priority_order(raw: Any, topic: str) -> None:
+    second = topic + "-second"
+    raw.lpush(second, b"s1")
+    raw.lpush(topic, b"f1", b"f2")
+    try:
+        with RedisQueueSubscriber(HOST, PORT, [topic, second], consumer="w") as sub:
+            assert [sub.receive(5) for _ in range(3)] == [b"f1", b"f2", b"s1"]
+            assert processing(raw, second, "w") == [b"s1"]
+            assert processing(raw, topic, "w") == []
+            # Blocking on an idle second topic still wakes up.
+            start = time.monotonic()
+            raw.lpush(second, b"s2")
+            assert sub.receive(5) == b"s2"
+            assert time.monotonic() - start < 1
+            assert processing(raw, second, "w") == [b"s2"]
+        assert raw.lrange(second, 0, -1) == [b"s2"]
+    finally:
+        raw.delete(second, f"{second}:pss-processing:w")
+
+
+def test_queue_close_gives_back_in_order(raw: Any, topic: str) -> None:
+    key = f"{topic}:pss-processing:w"
+    raw.rpush(key, b"3", b"2", b"1")  # three held by a dead "w"
+    raw.lpush(topic, b"4")
+    sub = RedisQueueSubscriber(HOST, PORT, topic, consumer="w")
+    assert sub.receive(5) == b"1"
+    sub.close()
+    assert raw.exists(key) == 0
+    with RedisQueueSubscriber(HOST, PORT, topic) as other:
+        assert [other.receive(5) for _ in range(4)] == [b"1", b"2", b"3", b"4"]
+        other.ack()
+
+
+def test_async_queue_acks_and_redelivers(raw: Any, topic: str) -> None:
+    async def main() -> list[bytes]:
+        raw.lpush(topic, b"a", b"b")
+        sub = AsyncRedisQueueSubscriber(HOST, PORT, topic, consumer="w")
+        await sub.open()
+        got = [await sub.receive(5)]
+        assert processing(raw, topic, "w") == [b"a"]
+        got.append(await sub.receive(5))
+        assert processing(raw, topic, "w") == [b"b"]
+        # Simulate a crash: drop the connection without giving back.
+        await sub._connection.disconnect()
+        sub._closed = True
+        again = AsyncRedisQueueSubscriber(HOST, PORT, topic, consumer="w")
+        async with again:
+            got.append(await again.receive(5))
+            await again.ack()
+        await sub._client.aclose()
+        return got
+
+    assert asyncio.run(main()) == [b"a", b"b", b"b"]
+    assert raw.keys(f"{topic}*") == []
 
 
 # --- Streams -----------------------------------------------------------------

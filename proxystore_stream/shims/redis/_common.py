@@ -1,15 +1,20 @@
 """Pieces shared by the Redis shims: client construction, checks, error map.
 
-Everything here is either pure (argument checks, URL parsing) or builds a
-client; no module here sends a command on its own.
+Everything here is either pure (argument checks, URL parsing), builds a
+client, or sends the commands a shim hands it (`roundtrip`); nothing here
+decides what to send.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import uuid
 from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 from typing import Generic
 from typing import Self
@@ -34,18 +39,26 @@ from proxystore_stream._offload import SLICE_SECONDS
 from proxystore_stream.exceptions import BrokerConnectionError
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
+from proxystore_stream.retry import RetryPolicy
 from proxystore_stream.shims._errors import ErrorMap
 from proxystore_stream.shims._errors import map_errors
 
 __all__ = [
     "CONNECTION_ERRORS",
+    "DEFAULT_RETRY",
     "ERRORS",
     "SLICE_SECONDS",
     "PendingFetch",
     "broker_name",
     "check_message",
+    "check_name",
+    "check_retry",
     "check_topic",
     "client_kwargs",
+    "default_consumer",
+    "own_connection",
+    "roundtrip",
+    "roundtrip_async",
     "topic_list",
     "url_arguments",
 ]
@@ -62,11 +75,16 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
 # specific match wins, and all of them mean "cannot talk to this broker".
 ERRORS: ErrorMap = dict.fromkeys(CONNECTION_ERRORS, BrokerConnectionError)
 
-# Bounded defaults so an unreachable broker fails in a few seconds, not a
-# minute (redis-py's own default retries 10 times with a 1 s backoff cap).
+# Bounded defaults so one attempt fails in a few seconds, not a minute.
 CONNECT_TIMEOUT = 5.0
 SOCKET_TIMEOUT = 10.0
-RETRIES = 3
+# redis-py does not retry on its own: a `RetryPolicy` decides, so a lost
+# connection is retried once per policy attempt (not 3 x per attempt), and
+# a command that is unsafe to repeat blindly (LTRIM) is never repeated.
+RETRIES = 0
+
+DEFAULT_RETRY = RetryPolicy()
+"""Reconnect policy of the shims that reconnect by default (30 s deadline)."""
 
 
 def broker_name(hostname: str, port: int, kwargs: dict[str, Any]) -> str:
@@ -95,8 +113,7 @@ def client_kwargs(
         port: Redis port.
         kwargs: Caller's extra arguments for the client.
         protocol: RESP version to use unless the caller chose one (2 or 3).
-        retries: Reconnect attempts on a lost connection, unless the caller
-            passed its own `retry`.
+        retries: redis-py's own reconnect attempts on a lost connection.
         asyncio: Build arguments for `redis.asyncio.Redis`.
 
     Raises:
@@ -168,6 +185,91 @@ def topic_list(topic: str | Sequence[str]) -> list[str]:
     if not unique or not all(unique):
         raise ValueError("topic must name at least one non-empty topic")
     return unique
+
+
+def check_retry(retry: RetryPolicy | None, default: RetryPolicy = DEFAULT_RETRY) -> RetryPolicy:
+    """Return `retry`, or `default` for None.
+
+    Raises:
+        TypeError: If `retry` is neither a `RetryPolicy` nor None (e.g. a
+            redis-py ``Retry``: reconnection is ours, redis-py's is off).
+    """
+    if retry is None:
+        return default
+    if not isinstance(retry, RetryPolicy):
+        raise TypeError(
+            f"retry must be a proxystore_stream.retry.RetryPolicy or None, "
+            f"not {type(retry).__name__}",
+        )
+    return retry
+
+
+def check_name(value: str, name: str) -> str:
+    """Return `value` if it is a non-empty str; else raise naming `name`."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must not be empty")
+    return value
+
+
+def default_consumer() -> str:
+    """Return a consumer name unique to this process: ``host-pid-random``."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def own_connection(client: Any) -> Any:
+    """Make a connection of `client`'s kind (TCP, TLS, unix) that no pool shares.
+
+    It connects on its first command and again on the first command after
+    it was dropped, with the client's credentials, database and timeouts.
+    """
+    pool = client.connection_pool
+    return pool.connection_class(**pool.connection_kwargs)
+
+
+def roundtrip(connection: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Send `commands` in one write and return their replies, in order.
+
+    Cheaper than a redis-py pipeline (about half the client time per
+    round trip): no command stack, no response callbacks. Replies are raw
+    RESP values (bytes, int, list, None).
+
+    Raises:
+        redis.ResponseError: The first error reply, after every reply was
+            read (the connection stays usable).
+        redis.ConnectionError: If the connection failed (it is dropped, so
+            the next call reconnects).
+    """
+    connection.send_packed_command(connection.pack_commands(commands))
+    return _replies([_read(connection) for _ in commands])
+
+
+async def roundtrip_async(connection: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Async twin of `roundtrip` (a redis.asyncio connection)."""
+    await connection.send_packed_command(connection.pack_commands(commands))
+    return _replies([await _read_async(connection) for _ in commands])
+
+
+def _read(connection: Any) -> Any:
+    try:
+        return connection.read_response()
+    except redis.ResponseError as exc:
+        return exc
+
+
+async def _read_async(connection: Any) -> Any:
+    try:
+        return await connection.read_response()
+    except redis.ResponseError as exc:
+        return exc
+
+
+def _replies(replies: list[Any]) -> list[Any]:
+    for reply in replies:
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+    return replies
 
 
 def check_topic(topic: str) -> None:
@@ -262,6 +364,8 @@ class CommandPublisher:
 
     The pub/sub and list-queue publishers differ only in that command
     (PUBLISH or LPUSH); subclasses name it in `command` and document it.
+    A send that lost its connection is retried under the `retry` policy,
+    so a message whose reply was lost may be stored twice.
     """
 
     command: str
@@ -270,7 +374,15 @@ class CommandPublisher:
     protocol = 2
     connection_errors = CONNECTION_ERRORS
 
-    def __init__(self, hostname: str, port: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        hostname: str,
+        port: int,
+        *,
+        retry: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._retry = check_retry(retry)
         options = client_kwargs(hostname, port, kwargs, protocol=self.protocol)
         self._broker = broker_name(hostname, port, options)
         self._client = redis.Redis(**options)
@@ -278,30 +390,36 @@ class CommandPublisher:
         self._closed = False
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> Self:
+    def from_url(cls, url: str, *, retry: RetryPolicy | None = None, **kwargs: Any) -> Self:
         """Make a publisher from a ``redis://``, ``rediss://`` or ``unix://`` URL.
 
         Args:
             url: Redis URL, e.g. ``redis://user:secret@127.0.0.1:6379/1``.
+            retry: Reconnect policy (None: the default `RetryPolicy()`).
             **kwargs: Passed to `redis.Redis`; they win over the URL.
         """
         hostname, port, options = url_arguments(url)
-        return cls(hostname, port, **{**options, **kwargs})
+        return cls(hostname, port, retry=retry, **{**options, **kwargs})
 
     def send(self, topic: str, message: bytes) -> None:
-        """Send a message to `topic`.
+        """Send a message to `topic`, reconnecting under the retry policy.
 
         Raises:
             TypeError: If `topic` is not a str or `message` not bytes.
             PublisherClosedError: If the publisher is closed.
-            BrokerConnectionError: If Redis cannot be reached.
+            BrokerConnectionError: If Redis stays unreachable past the
+                policy's deadline.
         """
         check_topic(topic)
         check_message(message)
         if self._closed:
             raise PublisherClosedError(f"{type(self).__name__} is closed")
         with map_errors(ERRORS, broker=self._broker):
-            self._run(topic, message)
+            self._retry.call(
+                partial(self._run, topic, message),
+                retry_on=CONNECTION_ERRORS,
+                broker=self._broker,
+            )
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -324,7 +442,15 @@ class AsyncCommandPublisher:
     protocol = 2
     connection_errors = CONNECTION_ERRORS
 
-    def __init__(self, hostname: str, port: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        hostname: str,
+        port: int,
+        *,
+        retry: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._retry = check_retry(retry)
         options = client_kwargs(hostname, port, kwargs, protocol=self.protocol, asyncio=True)
         self._broker = broker_name(hostname, port, options)
         self._client = redis.asyncio.Redis(**options)
@@ -332,10 +458,10 @@ class AsyncCommandPublisher:
         self._closed = False
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> Self:
+    def from_url(cls, url: str, *, retry: RetryPolicy | None = None, **kwargs: Any) -> Self:
         """Make a publisher from a Redis URL (see `CommandPublisher.from_url`)."""
         hostname, port, options = url_arguments(url)
-        return cls(hostname, port, **{**options, **kwargs})
+        return cls(hostname, port, retry=retry, **{**options, **kwargs})
 
     async def send(self, topic: str, message: bytes) -> None:
         """Send a message to `topic` (see `CommandPublisher.send`)."""
@@ -344,7 +470,11 @@ class AsyncCommandPublisher:
         if self._closed:
             raise PublisherClosedError(f"{type(self).__name__} is closed")
         with map_errors(ERRORS, broker=self._broker):
-            await self._run(topic, message)
+            await self._retry.call_async(
+                partial(self._run, topic, message),
+                retry_on=CONNECTION_ERRORS,
+                broker=self._broker,
+            )
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""

@@ -1,24 +1,48 @@
-"""Redis list-queue shim: LPUSH to send, BRPOP to receive.
+"""Redis list-queue shim: LPUSH to send; BLMOVE into a processing list to receive.
 
 | property | behaviour |
 | --- | --- |
 | semantics | work queue: each message goes to one subscriber of its list |
-| persistence | in Redis (per its RDB/AOF settings) until popped |
+| persistence | in Redis (per its RDB/AOF settings) until acknowledged |
 | ordering | FIFO per topic (list) |
 | no subscriber | messages wait in the list |
-| acknowledgement | none; a message is gone from Redis once popped |
+| acknowledgement | on the next receive, or `ack()`; unacknowledged ones come again |
+| duplicates | the handed, unacked message after a crash, close or lost connection |
+| | a send retried after its reply was lost |
+| reconnection | `retry=` `RetryPolicy` (30 s), then `BrokerConnectionError` |
 | max message size | 512 MiB (`proto-max-bulk-len`) |
+| Redis version | 6.2 or later (LMOVE, BLMOVE) |
 
-Each topic is a Redis list. A subscriber of several topics pops from the
-first non-empty one in the order given (BRPOP), so a busy first topic can
-starve later ones. A popped message that the subscriber never returns
-(its process dies between the pop and the hand-over) is lost: use the
-Streams shim when that matters.
+Each topic is a Redis list. A subscriber moves each message atomically
+(BLMOVE) from the topic's list into its own processing list,
+``<topic>:pss-processing:<consumer>``, hands it over, and removes it from
+there (LTRIM) when the next message is asked for or `ack()` is called. The
+removal travels in the same round trip as the next move. A message is
+therefore always either in the topic's list or in one processing list:
+
+- A subscriber killed after the move, or before its acknowledgement,
+  leaves the message in its processing list. A subscriber started with the
+  same `consumer` name delivers that list again first (the message handed
+  last may then be processed twice). With the generated default name
+  nobody does: give workers stable names.
+- `close()` moves the processing list back to the head of its topic's list
+  (the last handed message too, if not acknowledged), so another
+  subscriber gets it next.
+- After a lost connection the subscriber reconnects under its `retry`
+  policy and re-reads its processing list before anything else: the
+  message handed last is delivered again unless its acknowledgement had
+  reached Redis.
+
+Only one live subscriber may use a given `consumer` name. A subscriber of
+several topics moves from the first non-empty one in the order given
+(one Lua LMOVE round over all lists), so a busy first topic can starve
+later ones; while every list is empty it blocks on the first topic in
+0.05 s slices, so a message on a later topic waits up to that long.
 
 Example:
     ```python
     publisher = RedisQueuePublisher("127.0.0.1", 6379)
-    subscriber = RedisQueueSubscriber("127.0.0.1", 6379, "jobs")
+    subscriber = RedisQueueSubscriber("127.0.0.1", 6379, "jobs", consumer="worker-1")
     publisher.send("jobs", b"...")
     job = subscriber.receive(timeout=5)
     ```
@@ -26,14 +50,22 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from functools import partial
 from typing import Any
 from typing import Self
-from typing import cast
+from typing import TypeVar
 
 from proxystore_stream.exceptions import require
 
@@ -45,6 +77,7 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess test
 
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
+from proxystore_stream.retry import RetryPolicy
 from proxystore_stream.shims._errors import map_errors
 from proxystore_stream.shims.redis._common import CONNECTION_ERRORS
 from proxystore_stream.shims.redis._common import ERRORS
@@ -53,7 +86,13 @@ from proxystore_stream.shims.redis._common import AsyncCommandPublisher
 from proxystore_stream.shims.redis._common import CommandPublisher
 from proxystore_stream.shims.redis._common import PendingFetch
 from proxystore_stream.shims.redis._common import broker_name
+from proxystore_stream.shims.redis._common import check_name
+from proxystore_stream.shims.redis._common import check_retry
 from proxystore_stream.shims.redis._common import client_kwargs
+from proxystore_stream.shims.redis._common import default_consumer
+from proxystore_stream.shims.redis._common import own_connection
+from proxystore_stream.shims.redis._common import roundtrip
+from proxystore_stream.shims.redis._common import roundtrip_async
 from proxystore_stream.shims.redis._common import topic_list
 from proxystore_stream.shims.redis._common import url_arguments
 
@@ -62,13 +101,55 @@ __all__ = [
     "AsyncRedisQueueSubscriber",
     "RedisQueuePublisher",
     "RedisQueueSubscriber",
+    "processing_list",
 ]
+
+logger = logging.getLogger(__name__)
 
 # RESP2: as fast as RESP3 or a little faster for LPUSH/BRPOP here (medians
 # 13.1k vs 10.9k msg/s at 100 B, 585 vs 562 MB/s at 1 MiB; docs/shims/redis.md).
 PROTOCOL = 2
-# BRPOP takes a timeout in seconds; 0 would block forever, so never send it.
+# BLMOVE takes a timeout in seconds; 0 would block forever, so never send it.
 _MIN_BLOCK = 0.01
+# While every list of a multi-topic subscriber is empty, it blocks on the
+# first one this long, then polls all of them again.
+_MULTI_BLOCK = 0.05
+
+# KEYS: the topics' lists, then their processing lists. Moves the oldest
+# message of the first non-empty list; returns {topic index, message}.
+_POLL = """
+local n = #KEYS / 2
+for i = 1, n do
+  local message = redis.call('LMOVE', KEYS[i], KEYS[n + i], 'RIGHT', 'LEFT')
+  if message then return {i - 1, message} end
+end
+return false
+"""
+
+# KEYS as above. Moves every processing list back to the head (right end)
+# of its topic's list, oldest message rightmost, so it is popped first.
+_GIVE_BACK = """
+local n = #KEYS / 2
+local moved = 0
+for i = 1, n do
+  while redis.call('LMOVE', KEYS[n + i], KEYS[i], 'LEFT', 'RIGHT') do
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+T = TypeVar("T")
+# What a failed give-back at close() may raise; the messages stay put.
+_GIVE_BACK_ERRORS: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, redis.ResponseError)
+Command = tuple[Any, ...]
+Taken = tuple[int, bytes]
+"""(topic index, message) of a message moved into a processing list."""
+
+
+def processing_list(topic: str, consumer: str) -> str:
+    """Return the name of `consumer`'s processing list for `topic`."""
+    return f"{topic}:pss-processing:{consumer}"
 
 
 def _check_timeout(timeout: float | None) -> float | None:
@@ -83,16 +164,103 @@ def _block(wait: float) -> float:
     return max(_MIN_BLOCK, round(wait, 3))
 
 
+@dataclass
+class _Lists:
+    """What a list subscriber knows and decides; the twins only do the I/O.
+
+    The processing list of each topic holds, newest first (left to right):
+    messages moved but not handed yet, then `handed[i]` messages handed but
+    not acknowledged at its right end. Acknowledging trims those off the
+    right end. After any failed round trip the local view is dropped
+    (`lost`) and rebuilt from Redis (`take_sync`): a trim is never repeated
+    blindly, because a repeated LTRIM would remove an unacknowledged message.
+    """
+
+    topics: list[str]
+    consumer: str
+    keys: list[str] = field(init=False)
+    # Messages read back from the processing lists, oldest first.
+    backlog: deque[Taken] = field(default_factory=deque)
+    handed: list[int] = field(init=False)
+    synced: bool = False
+
+    def __post_init__(self) -> None:
+        self.keys = [processing_list(t, self.consumer) for t in self.topics]
+        self.handed = [0] * len(self.topics)
+
+    def lost(self) -> None:
+        """Forget the local view; the next round re-reads the processing lists."""
+        self.synced = False
+        self.backlog.clear()
+        self.handed = [0] * len(self.topics)
+
+    def sync_commands(self) -> list[Command]:
+        """Commands reading every processing list whole."""
+        return [("LRANGE", key, 0, -1) for key in self.keys]
+
+    def take_sync(self, replies: list[Any]) -> None:
+        """Take the LRANGE replies: everything in them is delivered (again)."""
+        self.lost()
+        for index, messages in enumerate(replies):
+            self.backlog.extend((index, m) for m in reversed(messages))
+        self.synced = True
+
+    def trims(self) -> tuple[list[Command], list[int]]:
+        """Commands acknowledging the handed messages, and the counts they cover."""
+        counts = list(self.handed)
+        commands: list[Command] = [
+            ("LTRIM", key, 0, -(count + 1))
+            for key, count in zip(self.keys, counts, strict=True)
+            if count
+        ]
+        return commands, counts
+
+    def trimmed(self, counts: list[int]) -> None:
+        """Record that the trims made from `counts` reached Redis."""
+        self.handed = [now - done for now, done in zip(self.handed, counts, strict=True)]
+
+    def move_command(self, wait: float) -> Command:
+        """The command moving the next message (blocking for one topic)."""
+        if len(self.topics) == 1:
+            return ("BLMOVE", self.topics[0], self.keys[0], "RIGHT", "LEFT", _block(wait))
+        return ("EVAL", _POLL, 2 * len(self.topics), *self.topics, *self.keys)
+
+    def wait_command(self, wait: float) -> Command | None:
+        """After an empty multi-topic poll: block on the first topic a while."""
+        if len(self.topics) == 1:
+            return None
+        block = _block(min(wait, _MULTI_BLOCK))
+        return ("BLMOVE", self.topics[0], self.keys[0], "RIGHT", "LEFT", block)
+
+    def take_move(self, reply: Any, index: int | None = None) -> Taken | None:
+        """Take the reply of `move_command` (or of `wait_command`, with `index` 0)."""
+        if reply is None:
+            return None
+        if index is not None or len(self.topics) == 1:
+            return (index or 0, reply)
+        return (int(reply[0]), reply[1])
+
+    def give_back_command(self) -> Command:
+        """The command moving every processing list back to its topic's head."""
+        return ("EVAL", _GIVE_BACK, 2 * len(self.topics), *self.topics, *self.keys)
+
+    def hand(self, taken: Taken) -> bytes:
+        """Record a message as handed to the caller and return it."""
+        self.handed[taken[0]] += 1
+        return taken[1]
+
+
 class RedisQueuePublisher(CommandPublisher):
     """Publisher pushing each message onto the list `topic` (LPUSH).
 
     Args:
         hostname: Redis host.
         port: Redis port.
+        retry: Reconnect policy (None: `RetryPolicy()`, a 30 s deadline).
         **kwargs: Passed to `redis.Redis` (``password``, ``db``, ``ssl``...).
 
     Raises:
-        TypeError: If `hostname` or `port` has the wrong type.
+        TypeError: If `hostname`, `port` or `retry` has the wrong type.
     """
 
     command = "lpush"
@@ -100,20 +268,24 @@ class RedisQueuePublisher(CommandPublisher):
 
 
 class RedisQueueSubscriber:
-    """Subscriber popping messages from one or more lists (BRPOP).
+    """Subscriber taking messages from one or more lists, at least once.
 
     Args:
         hostname: Redis host.
         port: Redis port.
-        topic: List name, or a sequence of them (popped in that priority).
+        topic: List name, or a sequence of them (taken in that priority).
+        consumer: This subscriber's name; its processing lists are named
+            after it. Reuse a name to get a dead subscriber's unacknowledged
+            messages; None makes a unique one (``host-pid-random``).
         timeout: Seconds iteration waits for a message at most (None:
             forever); expiry raises `StreamTimeoutError`.
+        retry: Reconnect policy (None: `RetryPolicy()`, a 30 s deadline).
         **kwargs: Passed to `redis.Redis` (see `RedisQueuePublisher`).
 
     Raises:
         TypeError: If an argument has the wrong type.
-        ValueError: If `topic` is empty or `timeout` negative.
-        BrokerConnectionError: If Redis cannot be reached.
+        ValueError: If `topic` or `consumer` is empty or `timeout` negative.
+        BrokerConnectionError: If Redis stays unreachable past the deadline.
     """
 
     connection_errors = CONNECTION_ERRORS
@@ -124,20 +296,24 @@ class RedisQueueSubscriber:
         port: int,
         topic: str | Sequence[str],
         *,
+        consumer: str | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> None:
-        self._topics = topic_list(topic)
+        name = check_name(default_consumer() if consumer is None else consumer, "consumer")
+        self._lists = _Lists(topic_list(topic), name)
         self._timeout = _check_timeout(timeout)
+        self._retry = check_retry(retry)
         options = client_kwargs(hostname, port, kwargs, protocol=PROTOCOL)
         self._broker = broker_name(hostname, port, options)
         self._closed = False
         self._released = False
         self._lock = threading.RLock()
         self._client = redis.Redis(**options)
+        self._connection = own_connection(self._client)
         try:
-            with map_errors(ERRORS, broker=self._broker):
-                self._client.ping()
+            self._call(partial(roundtrip, self._connection, [("PING",)]))
         except BaseException:
             self._release()
             raise
@@ -148,12 +324,31 @@ class RedisQueueSubscriber:
         url: str,
         topic: str | Sequence[str],
         *,
+        consumer: str | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> Self:
         """Make a subscriber from a Redis URL (see `RedisQueuePublisher.from_url`)."""
         hostname, port, options = url_arguments(url)
-        return cls(hostname, port, topic, timeout=timeout, **{**options, **kwargs})
+        return cls(
+            hostname,
+            port,
+            topic,
+            consumer=consumer,
+            timeout=timeout,
+            retry=retry,
+            **{**options, **kwargs},
+        )
+
+    @property
+    def consumer(self) -> str:
+        """This subscriber's name (its processing lists are named after it)."""
+        return self._lists.consumer
+
+    def _call(self, operation: Callable[[], T]) -> T:
+        with map_errors(ERRORS, broker=self._broker):
+            return self._retry.call(operation, retry_on=CONNECTION_ERRORS, broker=self._broker)
 
     def open(self) -> None:
         """Do nothing: the constructor already connected (parity with the async twin).
@@ -173,41 +368,103 @@ class RedisQueueSubscriber:
                 return
 
     def receive(self, timeout: float | None = None) -> bytes:
-        """Pop the next message, waiting `timeout` seconds at most.
+        """Acknowledge the previous message and return the next one.
+
+        Waits `timeout` seconds at most for a message; while Redis is away
+        it keeps reconnecting until the retry policy's deadline instead.
 
         Raises:
             StreamTimeoutError: If no message arrived in time.
             SubscriberClosedError: If the subscriber is (or gets) closed.
-            BrokerConnectionError: If Redis cannot be reached.
+            BrokerConnectionError: If Redis stays unreachable past the deadline.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while not self._closed:
+            while True:
                 wait = SLICE_SECONDS
                 if deadline is not None:
                     wait = min(wait, deadline - time.monotonic())
-                with map_errors(ERRORS, broker=self._broker):
-                    popped = self._client.brpop(self._topics, _block(wait))
-                if popped is not None:
-                    # Returned even if close() came meanwhile: it is off the list.
-                    return cast(bytes, popped[1])
+                taken = self._call(partial(self._round, wait))
+                if taken is not None:
+                    # Handed even if close() came meanwhile: close() gives
+                    # back what was not acknowledged.
+                    return self._lists.hand(taken)
                 if deadline is not None and time.monotonic() >= deadline:
                     raise StreamTimeoutError(f"No message within {timeout} s")
+
+    def _round(self, wait: float) -> Taken | None:
+        if self._closed:
             raise SubscriberClosedError("RedisQueueSubscriber is closed")
+        lists, connection = self._lists, self._connection
+        try:
+            if not lists.synced:
+                lists.take_sync(roundtrip(connection, lists.sync_commands()))
+            trims, counts = lists.trims()
+            if lists.backlog:
+                if trims:
+                    roundtrip(connection, trims)
+                    lists.trimmed(counts)
+                return lists.backlog.popleft()
+            replies = roundtrip(connection, [*trims, lists.move_command(wait)])
+            lists.trimmed(counts)
+            taken = lists.take_move(replies[-1])
+            wait_command = lists.wait_command(wait)
+            if taken is None and wait_command is not None:
+                taken = lists.take_move(roundtrip(connection, [wait_command])[0], 0)
+        except BaseException:
+            lists.lost()
+            raise
+        return taken
+
+    def ack(self) -> None:
+        """Acknowledge every message handed over so far.
+
+        Does nothing once the subscriber is closed.
+
+        Raises:
+            BrokerConnectionError: If Redis stays unreachable past the deadline.
+        """
+        with self._lock:
+            if not self._released:
+                self._call(self._trim)
+
+    def _trim(self) -> None:
+        lists = self._lists
+        trims, counts = lists.trims()
+        if not trims:
+            return
+        try:
+            roundtrip(self._connection, trims)
+        except BaseException:
+            lists.lost()
+            raise
+        lists.trimmed(counts)
 
     def close(self) -> None:
-        """Close the subscriber (idempotent).
+        """Close the subscriber (idempotent) and give back what it holds.
 
-        Safe to call from another thread: a blocked `receive` ends within
-        about 0.1 s and the connection is released once it has.
+        Messages in its processing lists (the last one handed over, if not
+        acknowledged) go back to the head of their lists. If Redis cannot be
+        reached they stay in the processing lists, for a subscriber with the
+        same `consumer` name. Safe to call from another thread: a blocked
+        `receive` ends within about 0.1 s (or one retry delay while
+        reconnecting) and the connection is released once it has.
         """
         self._closed = True
         with self._lock:
-            self._release()
+            if self._released:
+                return
+            try:
+                roundtrip(self._connection, [self._lists.give_back_command()])
+            except _GIVE_BACK_ERRORS as exc:
+                _kept(self._lists, exc)
+            finally:
+                self._release()
 
     def _release(self) -> None:
         if not self._released:
             self._released = True
+            self._connection.disconnect()
             self._client.close()
 
     def __enter__(self) -> Self:
@@ -215,6 +472,17 @@ class RedisQueueSubscriber:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _kept(lists: _Lists, exc: BaseException) -> None:
+    logger.warning(
+        "could not give back unacknowledged messages (%s: %s); they stay in %s "
+        "for a subscriber with consumer=%r",
+        type(exc).__name__,
+        exc,
+        ", ".join(lists.keys),
+        lists.consumer,
+    )
 
 
 class AsyncRedisQueuePublisher(AsyncCommandPublisher):
@@ -227,10 +495,10 @@ class AsyncRedisQueuePublisher(AsyncCommandPublisher):
 class AsyncRedisQueueSubscriber:
     """Async twin of `RedisQueueSubscriber` (redis.asyncio); same arguments.
 
-    Each BRPOP blocks for 0.1 s at most and runs in a task that a timed-out
-    or cancelled `receive` leaves running; the next call gets its message.
-    If `close()` finds that task holding a popped message, it pushes the
-    message back to the head of its list, so nothing is lost.
+    Each BLMOVE blocks for 0.1 s at most and runs in a task that a
+    timed-out or cancelled `receive` leaves running; the next call gets its
+    message. A message such a task moved is in the processing list, so
+    `close()` gives it back like any other.
     """
 
     connection_errors = CONNECTION_ERRORS
@@ -241,22 +509,24 @@ class AsyncRedisQueueSubscriber:
         port: int,
         topic: str | Sequence[str],
         *,
+        consumer: str | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> None:
-        self._topics = topic_list(topic)
+        name = check_name(default_consumer() if consumer is None else consumer, "consumer")
+        self._lists = _Lists(topic_list(topic), name)
         self._timeout = _check_timeout(timeout)
-        options = client_kwargs(
-            hostname,
-            port,
-            kwargs,
-            protocol=PROTOCOL,
-            asyncio=True,
-        )
+        self._retry = check_retry(retry)
+        options = client_kwargs(hostname, port, kwargs, protocol=PROTOCOL, asyncio=True)
         self._broker = broker_name(hostname, port, options)
         self._closed = False
         self._client = redis.asyncio.Redis(**options)
-        self._fetch: PendingFetch[tuple[bytes, bytes]] = PendingFetch(self._pop)
+        self._connection = own_connection(self._client)
+        # Rounds and acks take turns: an ack must not trim while a round
+        # re-reads the processing lists.
+        self._turn = asyncio.Lock()
+        self._fetch: PendingFetch[Taken] = PendingFetch(self._next)
 
     @classmethod
     def from_url(
@@ -264,28 +534,75 @@ class AsyncRedisQueueSubscriber:
         url: str,
         topic: str | Sequence[str],
         *,
+        consumer: str | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> Self:
         """Make a subscriber from a Redis URL (see `RedisQueuePublisher.from_url`)."""
         hostname, port, options = url_arguments(url)
-        return cls(hostname, port, topic, timeout=timeout, **{**options, **kwargs})
+        return cls(
+            hostname,
+            port,
+            topic,
+            consumer=consumer,
+            timeout=timeout,
+            retry=retry,
+            **{**options, **kwargs},
+        )
+
+    @property
+    def consumer(self) -> str:
+        """This subscriber's name (its processing lists are named after it)."""
+        return self._lists.consumer
+
+    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        with map_errors(ERRORS, broker=self._broker):
+            return await self._retry.call_async(
+                operation,
+                retry_on=CONNECTION_ERRORS,
+                broker=self._broker,
+            )
 
     async def open(self) -> None:
         """Check that Redis answers (lists need no subscription).
 
         Raises:
-            BrokerConnectionError: If Redis cannot be reached.
+            BrokerConnectionError: If Redis stays unreachable past the deadline.
+            SubscriberClosedError: If the subscriber is closed.
         """
-        with map_errors(ERRORS, broker=self._broker):
-            await self._client.ping()
-
-    async def _pop(self) -> tuple[bytes, bytes] | None:
         if self._closed:
             raise SubscriberClosedError("AsyncRedisQueueSubscriber is closed")
-        with map_errors(ERRORS, broker=self._broker):
-            popped = await self._client.brpop(self._topics, _block(SLICE_SECONDS))
-        return None if popped is None else cast(tuple[bytes, bytes], tuple(popped))
+        await self._call(partial(roundtrip_async, self._connection, [("PING",)]))
+
+    async def _next(self) -> Taken | None:
+        return await self._call(partial(self._round, SLICE_SECONDS))
+
+    async def _round(self, wait: float) -> Taken | None:
+        if self._closed:
+            raise SubscriberClosedError("AsyncRedisQueueSubscriber is closed")
+        lists, connection = self._lists, self._connection
+        async with self._turn:
+            try:
+                if not lists.synced:
+                    lists.take_sync(await roundtrip_async(connection, lists.sync_commands()))
+                trims, counts = lists.trims()
+                if lists.backlog:
+                    if trims:
+                        await roundtrip_async(connection, trims)
+                        lists.trimmed(counts)
+                    return lists.backlog.popleft()
+                replies = await roundtrip_async(connection, [*trims, lists.move_command(wait)])
+                lists.trimmed(counts)
+                taken = lists.take_move(replies[-1])
+                wait_command = lists.wait_command(wait)
+                if taken is None and wait_command is not None:
+                    reply = await roundtrip_async(connection, [wait_command])
+                    taken = lists.take_move(reply[0], 0)
+            except BaseException:
+                lists.lost()
+                raise
+        return taken
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         """Yield messages until the subscriber is closed."""
@@ -296,24 +613,48 @@ class AsyncRedisQueueSubscriber:
                 return
 
     async def receive(self, timeout: float | None = None) -> bytes:
-        """Pop the next message (see `RedisQueueSubscriber.receive`)."""
+        """Acknowledge the previous message and return the next one.
+
+        See `RedisQueueSubscriber.receive`.
+        """
         if self._closed:
             raise SubscriberClosedError("AsyncRedisQueueSubscriber is closed")
-        _, message = await self._fetch(timeout)
-        return message
+        return self._lists.hand(await self._fetch(timeout))
+
+    async def ack(self) -> None:
+        """Acknowledge every message handed over so far (see `RedisQueueSubscriber.ack`)."""
+        if not self._closed:
+            await self._call(self._trim)
+
+    async def _trim(self) -> None:
+        lists = self._lists
+        async with self._turn:
+            trims, counts = lists.trims()
+            if not trims:
+                return
+            try:
+                await roundtrip_async(self._connection, trims)
+            except BaseException:
+                lists.lost()
+                raise
+            lists.trimmed(counts)
 
     async def close(self) -> None:
-        """Close the subscriber (idempotent); a waiting `receive` ends."""
+        """Close the subscriber (idempotent) and give back what it holds.
+
+        See `RedisQueueSubscriber.close`; a waiting `receive` ends.
+        """
         if self._closed:
             return
         self._closed = True
         try:
-            orphan = await self._fetch.settle()
-            if orphan is not None:
-                # BRPOP pops from the right: RPUSH puts it back at the head.
-                with map_errors(ERRORS, broker=self._broker):
-                    await self._client.rpush(*orphan)
+            # A message a round under way moved is in the processing list.
+            await self._fetch.settle()
+            await roundtrip_async(self._connection, [self._lists.give_back_command()])
+        except _GIVE_BACK_ERRORS as exc:
+            _kept(self._lists, exc)
         finally:
+            await self._connection.disconnect()
             await self._client.aclose()
 
     async def __aenter__(self) -> Self:
