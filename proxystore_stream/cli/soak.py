@@ -920,9 +920,8 @@ def report_tables(report: SoakReport) -> Group:
     roles = "threads" if SHIMS[config.shim].threads else "processes"
     counts = Table(
         title=(
-            f"soak --shim {config.shim} --store {config.store}: {config.producers} producers x "
-            f"{config.consumers} consumers ({roles}), {config.seconds:g} s, "
-            f"{config.size:,} B payloads"
+            f"soak {config.shim}, store {config.store}: {config.producers} producers x "
+            f"{config.consumers} consumers ({roles}), {config.seconds:g} s x {config.size:,} B"
         ),
         caption=(
             f"{report.transport}; "
