@@ -31,11 +31,14 @@ from __future__ import annotations
 import asyncio
 import multiprocessing.queues
 import queue as queue_module
+import select
 import time
 from collections.abc import AsyncIterator
 from collections.abc import Iterator
 from collections.abc import Mapping
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
+from typing import Literal
 from typing import TypeAlias
 
 from proxystore_stream._offload import SLICE_SECONDS
@@ -137,6 +140,47 @@ class QueuePublisher:
         self._closed = True
 
 
+class _ReadyReader:
+    """Takes a message a `multiprocessing.Queue` already holds, never waiting.
+
+    The queue's own `get(timeout=...)` and `get_nowait()` build a selector
+    per call (`multiprocessing.connection.wait`): about 7 us, 1.6x a plain
+    `get()`. This does what `Queue.get` does with one `poll(2)` on the
+    queue's pipe instead. It gives up at once (None) when another reader
+    holds the queue's read lock or the pipe is empty, so a caller's timeout
+    and `close()` keep working with several readers (a plain `get()` after
+    `qsize() > 0` could lose that race and wait forever). It relies on the
+    queue's private `_rlock`, `_reader` and `_sem`, unchanged since Python 3.4;
+    `for_queue` declines (False) where they or `select.poll` are missing.
+    """
+
+    def __init__(self, q: Any) -> None:
+        self._lock = q._rlock
+        self._reader = q._reader
+        self._sem = q._sem
+        self._poller = select.poll()
+        self._poller.register(q._reader.fileno(), select.POLLIN)
+
+    @classmethod
+    def for_queue(cls, q: Any) -> _ReadyReader | Literal[False]:
+        try:
+            return cls(q)
+        except (AttributeError, OSError, TypeError, ValueError):
+            return False
+
+    def take(self) -> Any:
+        if not self._lock.acquire(False):
+            return None
+        try:
+            if not self._poller.poll(0):
+                return None
+            data = self._reader.recv_bytes()
+            self._sem.release()
+        finally:
+            self._lock.release()
+        return ForkingPickler.loads(data)
+
+
 class QueueSubscriber:
     """Subscriber reading messages from one queue.
 
@@ -159,6 +203,7 @@ class QueueSubscriber:
         self._timeout = timeout
         self._closed = False
         self._is_process_queue = isinstance(queue, multiprocessing.queues.Queue)
+        self._ready_reader: _ReadyReader | Literal[False] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         """Yield messages until the subscriber is closed."""
@@ -175,9 +220,7 @@ class QueueSubscriber:
             StreamTimeoutError: If no message arrived in time.
             SubscriberClosedError: If the subscriber is closed.
         """
-        # Only without a timeout: see _take_ready for why a timed receive
-        # must not take the fast path.
-        if timeout is None and not self._closed:
+        if not self._closed:
             ready = self._take_ready()
             if ready is not None:
                 return ready
@@ -198,20 +241,10 @@ class QueueSubscriber:
         raise SubscriberClosedError("QueueSubscriber is closed")
 
     def _take_ready(self) -> bytes | None:
-        # The sliced get(timeout=...) below costs a poll() syscall per message
-        # (about 7 us, 1.6x a plain get() on a multiprocessing.Queue). When the
-        # queue reports an item, a plain get() takes it without one; but with
-        # several readers another may win the race, and get() then waits for
-        # the next message, past any timeout and through close(): forever if
-        # none comes (the soak's consumers hung so at the end of a stream).
-        # Hence only untimed receives, which may wait that long anyway.
         if self._is_process_queue:
-            try:
-                if self._queue.qsize() > 0:
-                    return self._queue.get()  # type: ignore[no-any-return]
-            except NotImplementedError:  # qsize() is missing on macOS
-                pass
-            return None
+            if self._ready_reader is None:
+                self._ready_reader = _ReadyReader.for_queue(self._queue)
+            return self._ready_reader.take() if self._ready_reader else None
         try:
             return self._queue.get_nowait()  # type: ignore[no-any-return]
         except queue_module.Empty:
@@ -220,6 +253,13 @@ class QueueSubscriber:
     def close(self) -> None:
         """Close this subscriber; a blocked receive ends within 0.1 s."""
         self._closed = True
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The ready reader polls this process's pipe; a copy sent to another
+        # process makes its own.
+        state = self.__dict__.copy()
+        state["_ready_reader"] = None
+        return state
 
 
 class AsyncQueuePublisher:
