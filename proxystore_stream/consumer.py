@@ -216,12 +216,9 @@ class StreamConsumer(Generic[T]):
 
     def __next__(self) -> T:
         try:
-            step = self._next_delivery(self._timeout)
+            return self.next(self._timeout)
         except SubscriberClosedError:
             raise StopIteration from None
-        if isinstance(step, InlineObject):
-            return self._materializer.inline(step)  # type: ignore[no-any-return]
-        return Proxy(self._materializer.factory(step))
 
     def _message(self, timeout: float | None) -> bytes:
         if self._receive is not None:
@@ -286,7 +283,10 @@ class StreamConsumer(Generic[T]):
 
     def next(self, timeout: float | None = None) -> T:
         """Return the next object (a lazy proxy for store events)."""
-        return self.next_with_metadata(timeout)[1]
+        step = self._next_delivery(timeout)
+        if isinstance(step, InlineObject):
+            return self._materializer.inline(step)  # type: ignore[no-any-return]
+        return Proxy(self._materializer.factory(step))
 
     def next_object(self, timeout: float | None = None) -> T:
         """Return the next object itself (never a proxy)."""
@@ -384,12 +384,9 @@ class AsyncStreamConsumer(Generic[T]):
 
     async def __anext__(self) -> T:
         try:
-            step = await self._next_delivery(self._timeout)
+            return await self.next(self._timeout)
         except SubscriberClosedError:
             raise StopAsyncIteration from None
-        if isinstance(step, InlineObject):
-            return self._materializer.inline(step)  # type: ignore[no-any-return]
-        return Proxy(self._materializer.factory(step))
 
     async def _message(self, timeout: float | None) -> bytes:
         if self._receive is not None:
@@ -454,7 +451,10 @@ class AsyncStreamConsumer(Generic[T]):
 
     async def next(self, timeout: float | None = None) -> T:
         """Return the next object (a lazy proxy for store events)."""
-        return (await self.next_with_metadata(timeout))[1]
+        step = await self._next_delivery(timeout)
+        if isinstance(step, InlineObject):
+            return self._materializer.inline(step)  # type: ignore[no-any-return]
+        return Proxy(self._materializer.factory(step))
 
     async def next_object(self, timeout: float | None = None) -> T:
         """Return the next object itself (never a proxy)."""

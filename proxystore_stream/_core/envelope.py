@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,9 +46,30 @@ INLINE = 0
 KEY = 1
 END = 2
 
-# msgpack >= 1.0 packs bytes as bin by default (use_bin_type=True). A shared
-# Packer would be faster still, but is not safe across threads.
-_pack: Callable[[Any], bytes] = msgpack.packb
+_packers = threading.local()
+
+
+def _pack(obj: Any) -> bytes:
+    # msgpack.packb makes a Packer (and its buffer) per call; one per thread
+    # is reused instead. Packing calls no Python code, so it never re-enters.
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer()
+    return packer.pack(obj)  # type: ignore[no-any-return]
+
+
+def _pack_uint(n: int) -> bytes:
+    """Msgpack's encoding of a natural number (the smallest form, as msgpack's own)."""
+    if n < 0x80:
+        return n.to_bytes(1, "big")
+    if n < 0x100:
+        return b"\xcc" + n.to_bytes(1, "big")
+    if n < 0x10000:
+        return b"\xcd" + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return b"\xce" + n.to_bytes(4, "big")
+    return b"\xcf" + n.to_bytes(8, "big")
 
 
 def _sign(key: bytes, body: bytes | memoryview) -> bytes:
@@ -156,8 +177,8 @@ def encode_single_inline(
     else:
         raise ValueError(f"an inline object of {size} bytes is too large; send it via a store")
     if signing_key is None:
-        return b"".join((head, _pack(seq), tail, length, *frames, packed_metadata))
-    body = (head[_HEADER:], _pack(seq), tail, length, *frames, packed_metadata)
+        return b"".join((head, _pack_uint(seq), tail, length, *frames, packed_metadata))
+    body = (head[_HEADER:], _pack_uint(seq), tail, length, *frames, packed_metadata)
     mac = hmac.new(signing_key, digestmod=hashlib.sha256)
     for part in body:
         mac.update(part)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 from hypothesis import given
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from proxystore_stream._core.consumer_state import NEED_MESSAGE
 from proxystore_stream._core.consumer_state import ConsumerState
 from proxystore_stream._core.consumer_state import InlineObject
+from proxystore_stream._core.envelope import _pack_uint
 from proxystore_stream._core.envelope import decode_wire
 from proxystore_stream._core.producer_state import ProducerState
 from proxystore_stream.serialize import MsgpackSerializer
@@ -124,3 +126,8 @@ def test_take_equals_receive_then_next_step() -> None:
     assert isinstance(fast, InlineObject)
     assert fast.event_id == f"{direct.producer_id}:1:0"
     assert slow_state.next_step() is NEED_MESSAGE
+
+
+@pytest.mark.parametrize("n", [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1])
+def test_sequence_numbers_are_packed_as_msgpack_does(n: int) -> None:
+    assert _pack_uint(n) == msgpack.packb(n)
