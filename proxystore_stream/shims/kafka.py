@@ -1529,19 +1529,33 @@ class AsyncKafkaSubscriber:
 
     async def _on_revoke(self, partitions: Any) -> None:
         due = self._delivery.revoke((tp.topic, tp.partition) for tp in partitions)
-        await self._commit(due)
+        try:
+            await self._commit(due, self._commit_timeout())
+        except BrokerConnectionError as error:
+            logger.warning("Kafka commit failed, messages may be redelivered: %s", error)
 
-    async def _commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+    async def _commit(self, offsets: Mapping[tuple[str, int], int], timeout: float) -> None:
+        """Commit `offsets`; aiokafka waits for a coordinator without end, so bound it.
+
+        Raises:
+            BrokerConnectionError: If the commit did not complete in `timeout` s.
+        """
         if not offsets or not self._group or self._client_closed:
             return
+        payload = {aiokafka.TopicPartition(t, p): o for (t, p), o in offsets.items()}
         try:
-            await self._client.commit(
-                {aiokafka.TopicPartition(t, p): o for (t, p), o in offsets.items()},
-            )
+            await asyncio.wait_for(self._client.commit(payload), timeout)
         except (aiokafka.errors.CommitFailedError, aiokafka.errors.IllegalStateError) as error:
             logger.warning("Kafka commit failed, messages may be redelivered: %s", error)
             return
+        except TimeoutError as error:
+            raise BrokerConnectionError(
+                f"commit did not complete within {timeout} s", broker=self._broker
+            ) from error
         self._delivery.mark_committed(offsets)
+
+    def _commit_timeout(self) -> float:
+        return max(1.0, self._retry.deadline)
 
     async def receive(self, timeout: float | None = None) -> bytes:
         """Return the next message (see `KafkaSubscriber.receive`)."""
@@ -1553,7 +1567,10 @@ class AsyncKafkaSubscriber:
             if self._delivery.ready():
                 return self._delivery.take().value  # type: ignore[union-attr]
             with map_errors(_ERRORS, broker=self._broker):
-                await self._commit(self._delivery.due(now=time.monotonic()))
+                try:
+                    await self._commit(self._delivery.due(now=time.monotonic()), _WAIT_SLICE)
+                except BrokerConnectionError as error:  # stays due; tried again later
+                    logger.debug("Kafka commit postponed: %s", error)
                 if self._closed:
                     continue
                 wait = 0 if self._delivery.buffer else _slice(deadline)
@@ -1575,10 +1592,15 @@ class AsyncKafkaSubscriber:
         return any(conn.connected() for conn in list(connections.values()))
 
     async def ack(self) -> None:
-        """Acknowledge every message handed over so far (commits now)."""
+        """Acknowledge every message handed over so far (commits now).
+
+        Raises:
+            BrokerConnectionError: If the commit did not go through within
+                the retry deadline (the offsets are committed later).
+        """
         self._delivery.ack_handed()
         with map_errors(_ERRORS, broker=self._broker):
-            await self._commit(self._delivery.due())
+            await self._commit(dict(self._delivery.acked), self._commit_timeout())
 
     async def wait_assigned(self, timeout: float = 30.0) -> None:
         """Wait until this member holds its share of the group's partitions.
@@ -1610,12 +1632,28 @@ class AsyncKafkaSubscriber:
             return
         self._delivery.handed = None  # stop() revokes; do not ack the last one
         try:
-            await self._commit(self._delivery.due())
+            await self._commit(dict(self._delivery.acked), self._commit_timeout())
         except Exception as error:
             logger.warning("Final Kafka commit failed: %s", error)
         finally:
             self._client_closed = True
-            await self._client.stop()
+            await _stop_consumer(self._client)
+
+
+async def _stop_consumer(client: Any) -> None:
+    try:
+        await client.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        # aiokafka's fetcher awaits its own cancelled fetch tasks on close; one
+        # sleeping in a retry backoff (broker away) re-raises CancelledError
+        # and stop() skips closing the connections. Close them here.
+        logger.warning("Kafka consumer stopped while its broker was away")
+        network = getattr(client, "_client", None)
+        if network is not None:
+            await network.close()
 
 
 class _AsyncListener(aiokafka.ConsumerRebalanceListener):  # type: ignore[misc]

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from typing import Any
+from typing import NamedTuple
 
 import pytest
 
 from proxystore_stream.exceptions import BrokerConnectionError
+from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
+from proxystore_stream.retry import RetryPolicy
+from proxystore_stream.shims import kafka as kafka_shim
 from proxystore_stream.shims.kafka import AsyncKafkaPublisher
 from proxystore_stream.shims.kafka import AsyncKafkaSubscriber
 from proxystore_stream.shims.kafka import KafkaPublisher
 from proxystore_stream.shims.kafka import KafkaSubscriber
+from tests.kafka_broker import TansuBroker
 from tests.kafka_broker import bootstrap
 from tests.shims.cases_kafka import CONSUMER_SETTINGS
 
@@ -326,3 +334,198 @@ def test_missing_kafka_names_the_extra() -> None:
         check=True,
     )
     assert "proxystore-stream[kafka]" in out.stdout
+
+
+# ------------------------------------------------------ reliability (issue 5)
+
+
+def test_send_after_close_raises_publisher_closed(servers: str) -> None:
+    pub = KafkaPublisher.from_bootstrap(servers)
+    pub.close()
+    pub.close()  # idempotent
+    with pytest.raises(PublisherClosedError):
+        pub.send(topic_name(), b"late")
+
+    async def run() -> None:
+        apub = await AsyncKafkaPublisher.from_bootstrap(servers)
+        await apub.close()
+        with pytest.raises(PublisherClosedError):
+            await apub.send(topic_name(), b"late")
+
+    asyncio.run(run())
+
+
+def test_retry_and_limits_are_checked(servers: str) -> None:
+    with pytest.raises(TypeError, match="retry"):
+        KafkaPublisher.from_bootstrap(servers, retry=5.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_pending_bytes"):
+        KafkaPublisher.from_bootstrap(servers, max_pending_bytes=0)
+    with pytest.raises(TypeError, match="retry"):
+        KafkaSubscriber.from_bootstrap(servers, [topic_name()], group_id="g", retry="x")  # type: ignore[arg-type]
+
+
+def test_from_bootstrap_derives_client_settings_from_the_policy(servers: str) -> None:
+    policy = RetryPolicy(deadline=90.0, initial=0.2, maximum=3.0)
+    pub = KafkaPublisher.from_bootstrap(servers, retry=policy)
+    try:
+        config = pub._client.config
+        assert config["acks"] == -1  # "all"
+        assert config["enable_idempotence"] is True
+        assert config["reconnect_backoff_ms"] == 200
+        assert config["reconnect_backoff_max_ms"] == 3000
+        # Buffered records outlive the shim's own deadline.
+        assert config["delivery_timeout_ms"] == 120_000
+    finally:
+        pub.close()
+    pub = KafkaPublisher.from_bootstrap(servers, retry=RetryPolicy(deadline=600), acks=1)
+    try:
+        assert pub._client.config["delivery_timeout_ms"] == 630_000
+        assert pub._client.config["acks"] == 1  # callers win
+    finally:
+        pub.close()
+
+
+def test_unacknowledged_bytes_are_bounded_while_the_broker_is_away() -> None:
+    broker = TansuBroker()
+    broker.start()
+    topic = topic_name()
+    limit = 10_000
+    pub = KafkaPublisher.from_bootstrap(
+        broker.bootstrap, retry=RetryPolicy(deadline=1.0), max_pending_bytes=limit
+    )
+    try:
+        pub.send(topic, b"first")
+        pub.flush()
+        broker.stop(signal.SIGKILL)
+        accepted: list[int] = []
+
+        def send_ten_times_the_limit() -> None:
+            for i in range(1000):
+                pub.send(topic, b"m" * 100)
+                accepted.append(i)
+
+        started = time.monotonic()
+        with pytest.raises(BrokerConnectionError, match="no acknowledgement"):
+            send_ten_times_the_limit()
+        # send blocked once the limit was reached, and gave up at the deadline.
+        assert len(accepted) == limit // 100
+        assert pub._ledger.pending_bytes == limit
+        assert 1.0 <= time.monotonic() - started < 3.0
+    finally:
+        broker.stop()
+        with pytest.raises(BrokerConnectionError):
+            pub.close()
+
+
+def test_async_twins_give_up_when_the_broker_stays_away() -> None:
+    broker = TansuBroker()
+    broker.start()
+    topic = topic_name()
+    policy = RetryPolicy(deadline=1.5, maximum=0.5)
+
+    async def run() -> None:
+        pub = await AsyncKafkaPublisher.from_bootstrap(broker.bootstrap, retry=policy)
+        sub = await AsyncKafkaSubscriber.from_bootstrap(
+            broker.bootstrap, [topic], group_id=f"g-{topic}", retry=policy, **CONSUMER_SETTINGS
+        )
+        try:
+            await sub.wait_assigned(30)
+            await pub.send(topic, b"before")
+            await pub.flush()
+            assert await sub.receive(15) == b"before"
+            broker.stop(signal.SIGKILL)
+            await pub.send(topic, b"after")
+            started = time.monotonic()
+            with pytest.raises(BrokerConnectionError):
+                await pub.flush()
+            assert time.monotonic() - started < 4.0
+            started = time.monotonic()
+            with pytest.raises(BrokerConnectionError, match="no broker connection"):
+                await sub.receive()
+            assert time.monotonic() - started < 4.0
+        finally:
+            started = time.monotonic()
+            with contextlib.suppress(BrokerConnectionError):
+                await pub.close()
+            await sub.close()
+            assert time.monotonic() - started < 15.0
+
+    try:
+        asyncio.run(run())
+    finally:
+        broker.stop()
+
+
+def test_delivery_commits_every_interval_while_serving_the_buffer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(kafka_shim.time, "monotonic", lambda: now[0])
+    delivery = kafka_shim._Delivery()
+    delivery.extend({"tp": [_R("t", 0, i, b"%d" % i) for i in range(10)]})
+    assert delivery.ready()
+    delivery.take()
+    delivery.ack_handed()
+    assert delivery.due(now=now[0]) == {}  # the interval has not passed
+    now[0] += kafka_shim.COMMIT_INTERVAL
+    # A commit is due: the buffer is not served without the commit path.
+    assert not delivery.ready()
+    assert delivery.due(now=now[0]) == {("t", 0): 1}
+    assert delivery.ready()  # checked just now
+    delivery.mark_committed({("t", 0): 1})
+    assert delivery.due() == {}
+    # An async commit that failed is due again.
+    delivery.forget_commits({("t", 0): 1})
+    assert delivery.due() == {("t", 0): 1}
+    delivery.forget_commits({("t", 0): 0})  # a stale failure changes nothing
+    delivery.mark_committed({("t", 0): 1})
+    delivery.forget_commits({("t", 0): 0})
+    assert delivery.due() == {}
+
+
+def test_outage_and_stall_raise_only_after_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]
+    monkeypatch.setattr(kafka_shim.time, "monotonic", lambda: now[0])
+    outage = kafka_shim._Outage(2.0, "kafka://x")
+    outage.check(False)
+    now[0] = 1.9
+    outage.check(False)
+    outage.check(True)  # reconnected: the clock starts again
+    now[0] = 3.0
+    outage.check(False)
+    now[0] = 4.9
+    outage.check(False)
+    now[0] = 5.0
+    with pytest.raises(BrokerConnectionError, match="no broker connection"):
+        outage.check(False)
+
+    ledger = kafka_shim._Ledger()
+    ledger.add(10)
+    ledger.add(20)
+    stall = kafka_shim._Stall(ledger, 2.0, "kafka://x", "flush")
+    now[0] = 6.9
+    stall.check()
+    ledger.delivered(_Meta(10))  # progress: the clock starts again
+    now[0] = 8.0
+    stall.check()
+    assert (ledger.pending, ledger.pending_bytes) == (1, 20)
+    now[0] = 9.9
+    stall.check()
+    now[0] = 10.0
+    with pytest.raises(BrokerConnectionError, match="1 message"):
+        stall.check()
+    ledger.undelivered(20, kafka.errors.KafkaTimeoutError("expired"))
+    assert (ledger.pending, ledger.pending_bytes) == (0, 0)
+    assert ledger.take_failures()[0] == 1
+    assert ledger.take_failures() == (0, None)
+
+
+class _R(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+
+
+class _Meta(NamedTuple):
+    serialized_value_size: int
