@@ -99,14 +99,13 @@ def _unreachable(mode: str, endpoint: str) -> Callable[[], Any]:
         # A short deadline: the default policy retries for 30 s.
         retry = RetryPolicy(deadline=1.0)
         if endpoint == "publisher":
-            extra_pub = {"retry": retry} if mode != "streams" else {}
-            pub = getattr(shim, f"{name}Publisher")(HOST, port, **extra_pub)
+            pub = getattr(shim, f"{name}Publisher")(HOST, port, retry=retry)
             try:
                 pub.send("pss-unreachable", b"x")
             finally:
                 close_quietly(pub)
             return None
-        extra: dict[str, Any] = {"retry": retry} if mode == "queue" else {}
+        extra: dict[str, Any] = {"retry": retry}
         if mode == "streams":
             extra["group"] = "g"
         sub = getattr(shim, f"{name}Subscriber")(HOST, port, "pss-unreachable", **extra)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from proxystore_stream.exceptions import BrokerConnectionError
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
+from proxystore_stream.retry import RetryPolicy
 from tests.conftest import REQUIRE_BROKERS
 from tests.conftest import free_port
 from tests.conftest import port_open
@@ -24,6 +26,7 @@ from tests.conftest import require_broker
 
 redis = pytest.importorskip("redis")
 
+from proxystore_stream.shims.redis import AsyncRedisPublisher  # noqa: E402
 from proxystore_stream.shims.redis import AsyncRedisQueueSubscriber  # noqa: E402
 from proxystore_stream.shims.redis import AsyncRedisStreamSubscriber  # noqa: E402
 from proxystore_stream.shims.redis import AsyncRedisSubscriber  # noqa: E402
@@ -159,16 +162,9 @@ def _receive_until_error(sub: Any, most: int) -> tuple[list[bytes], BaseExceptio
     return received, None
 
 
-@pytest.mark.parametrize("retries", [None, 3])
-def test_lagging_subscriber_raises_instead_of_losing_silently(
-    tiny_redis: int,
-    retries: int | None,
-) -> None:
-    # With retries, redis-py reconnects and resubscribes on its own; the
-    # subscriber must still notice the gap.
-    extra = {} if retries is None else {"retry": redis.retry.Retry(redis.backoff.NoBackoff(), 3)}
+def test_lagging_subscriber_raises_instead_of_losing_silently(tiny_redis: int) -> None:
     topic = name()
-    with RedisSubscriber(HOST, tiny_redis, topic, **extra) as sub:
+    with RedisSubscriber(HOST, tiny_redis, topic) as sub:
         sent = _flood(tiny_redis, topic, 30)
         received, error = _receive_until_error(sub, len(sent) + 1)
         assert isinstance(error, BrokerConnectionError), "the gap went unnoticed"
@@ -180,33 +176,74 @@ def test_lagging_subscriber_raises_instead_of_losing_silently(
             sub.receive(1)
 
 
-@pytest.mark.parametrize("retries", [None, 3])
-def test_async_lagging_subscriber_raises(tiny_redis: int, retries: int | None) -> None:
-    extra = {}
-    if retries is not None:
-        extra["retry"] = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), retries)
+def test_lagging_subscriber_with_retry_resubscribes_and_warns(
+    tiny_redis: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    topic = name()
+    caplog.set_level(logging.WARNING, logger="proxystore_stream.shims.redis.pubsub")
+    with RedisSubscriber(HOST, tiny_redis, topic, retry=RetryPolicy(deadline=5)) as sub:
+        sent = _flood(tiny_redis, topic, 30)
+        received: list[bytes] = []
+        for _ in range(len(sent) + 1):
+            try:
+                received.append(sub.receive(1))
+            except StreamTimeoutError:
+                break
+        assert len(received) < len(sent)
+        assert received == sent[: len(received)]
+        assert "were missed" in caplog.text
+        with RedisPublisher(HOST, tiny_redis) as pub:
+            pub.send(topic, b"after")
+        assert sub.receive(5) == b"after"
 
-    async def main() -> tuple[list[bytes], list[bytes], BaseException | None]:
+
+@pytest.mark.parametrize("retry", [None, RetryPolicy(deadline=5)], ids=["default", "retry"])
+def test_async_lagging_subscriber(
+    tiny_redis: int,
+    retry: RetryPolicy | None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="proxystore_stream.shims.redis.pubsub")
+
+    async def main() -> tuple[list[bytes], list[bytes], BaseException | None, bytes | None]:
         topic = name()
-        sub = AsyncRedisSubscriber(HOST, tiny_redis, topic, **extra)
+        sub = AsyncRedisSubscriber(HOST, tiny_redis, topic, retry=retry)
         await sub.open()
         try:
             sent = await asyncio.to_thread(_flood, tiny_redis, topic, 30)
             received: list[bytes] = []
             for _ in range(len(sent) + 1):
                 try:
-                    received.append(await sub.receive(5))
-                except BrokerConnectionError as exc:
-                    return sent, received, exc
-            return sent, received, None
+                    received.append(await sub.receive(1))
+                except (BrokerConnectionError, StreamTimeoutError) as exc:
+                    if isinstance(exc, BrokerConnectionError):
+                        return sent, received, exc, None
+                    break
+            await asyncio.to_thread(_flood, tiny_redis, topic, 0)
+            async with AsyncRedisPublisher(HOST, tiny_redis) as pub:
+                await pub.send(topic, b"after")
+            return sent, received, None, await sub.receive(5)
         finally:
             await sub.close()
 
-    sent, received, error = asyncio.run(main())
-    assert isinstance(error, BrokerConnectionError), "the gap went unnoticed"
-    assert "lag" in str(error)
+    sent, received, error, after = asyncio.run(main())
     assert len(received) < len(sent)
     assert received == sent[: len(received)]
+    if retry is None:
+        assert isinstance(error, BrokerConnectionError), "the gap went unnoticed"
+        assert "lag" in str(error)
+    else:
+        assert error is None
+        assert after == b"after"
+        assert "were missed" in caplog.text
+
+
+def test_redis_py_retry_objects_are_refused(raw: Any) -> None:
+    with pytest.raises(TypeError, match="RetryPolicy"):
+        RedisSubscriber(HOST, PORT, "t", retry=redis.retry.Retry(redis.backoff.NoBackoff(), 3))
+    with pytest.raises(TypeError, match="RetryPolicy"):
+        RedisQueuePublisher(HOST, PORT, retry=3)  # type: ignore[arg-type]
 
 
 # --- list queue --------------------------------------------------------------
@@ -675,7 +712,7 @@ def test_bad_arguments_name_the_parameter(raw: Any) -> None:
 
 
 def test_closed_subscribers_refuse_open_and_receive(raw: Any, topic: str) -> None:
-    subs = [
+    subs: list[Any] = [
         RedisSubscriber(HOST, PORT, topic),
         RedisQueueSubscriber(HOST, PORT, topic),
         RedisStreamSubscriber(HOST, PORT, topic, group="g"),

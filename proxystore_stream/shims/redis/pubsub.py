@@ -21,6 +21,14 @@ default). redis-py would reconnect and resubscribe silently, losing what was
 published meanwhile; this subscriber raises `BrokerConnectionError` instead.
 Move large objects through a Store and publish only the small event.
 
+Reconnection: the publisher reconnects under its `retry` policy (default
+`RetryPolicy()`). The subscriber, by default, does not: a lost connection
+(Redis restarted, or this subscriber lagged) raises `BrokerConnectionError`,
+because whatever was published while it was disconnected is gone. With an
+explicit ``retry=RetryPolicy(...)`` it resubscribes under that policy and
+goes on, logging a warning that messages sent while it was disconnected
+were missed.
+
 The clients use RESP2 unless ``protocol=3`` is passed: redis-py's RESP3 push
 parsing is several times slower for large messages (see docs/shims/redis.md).
 
@@ -35,6 +43,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -55,6 +64,7 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess test
 from proxystore_stream.exceptions import BrokerConnectionError
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
+from proxystore_stream.retry import RetryPolicy
 from proxystore_stream.shims._errors import map_errors
 from proxystore_stream.shims.redis._common import CONNECTION_ERRORS
 from proxystore_stream.shims.redis._common import ERRORS
@@ -63,6 +73,7 @@ from proxystore_stream.shims.redis._common import AsyncCommandPublisher
 from proxystore_stream.shims.redis._common import CommandPublisher
 from proxystore_stream.shims.redis._common import PendingFetch
 from proxystore_stream.shims.redis._common import broker_name
+from proxystore_stream.shims.redis._common import check_retry
 from proxystore_stream.shims.redis._common import client_kwargs
 from proxystore_stream.shims.redis._common import topic_list
 from proxystore_stream.shims.redis._common import url_arguments
@@ -73,6 +84,8 @@ __all__ = [
     "RedisPublisher",
     "RedisSubscriber",
 ]
+
+logger = logging.getLogger(__name__)
 
 # RESP2: redis-py's RESP3 push path moved 1 MiB messages at 19-165 MB/s here
 # (and lagged into a disconnect 3 runs in 5) against ~376 MB/s for RESP2.
@@ -103,6 +116,16 @@ def _lost(broker: str) -> BrokerConnectionError:
     )
 
 
+def _missed(broker: str, exc: BaseException | None) -> None:
+    reason = "redis-py reconnected" if exc is None else f"{type(exc).__name__}: {exc}"
+    logger.warning(
+        "Redis pub/sub connection to %s lost (%s); resubscribing. Messages "
+        "published while this subscriber was disconnected were missed.",
+        broker,
+        reason,
+    )
+
+
 def _take(message: dict[str, Any] | None, buffer: deque[bytes]) -> int:
     """Buffer a data message; return 1 for a subscription confirmation."""
     if message is None:
@@ -123,6 +146,8 @@ class RedisPublisher(CommandPublisher):
     Args:
         hostname: Redis host.
         port: Redis port.
+        retry: Reconnect policy (None: `RetryPolicy()`, a 30 s deadline). A
+            send whose reply was lost is sent again (a possible duplicate).
         **kwargs: Passed to `redis.Redis` (``password``, ``username``,
             ``db``, ``ssl``, ``ssl_ca_certs``, ``socket_timeout``...).
 
@@ -147,6 +172,10 @@ class RedisSubscriber:
         pattern: None detects patterns by their glob characters; True
             subscribes every topic as a pattern, False every topic as a
             literal channel.
+        retry: None (default): never reconnect; a lost connection raises
+            `BrokerConnectionError`. A `RetryPolicy`: connect and resubscribe
+            under it, logging a warning that messages published while
+            disconnected were missed.
         **kwargs: Passed to `redis.Redis` (see `RedisPublisher`).
 
     Raises:
@@ -164,13 +193,15 @@ class RedisSubscriber:
         topic: str | Sequence[str],
         *,
         pattern: bool | None = None,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> None:
         self._channels, self._patterns = _split(topic_list(topic), pattern)
-        # No reconnect: a reconnected subscriber has silently missed messages.
+        # No reconnect unless asked: a reconnected subscriber has missed messages.
+        self._retry = None if retry is None else check_retry(retry)
         options = client_kwargs(hostname, port, kwargs, protocol=PROTOCOL, retries=0)
         self._broker = broker_name(hostname, port, options)
-        self._read_timeout: float | None = options["socket_timeout"]
+        self._subscribe_timeout = _subscribe_timeout(options)
         self._buffer: deque[bytes] = deque()
         self._closed = False
         self._released = False
@@ -180,7 +211,14 @@ class RedisSubscriber:
         self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
         try:
             with map_errors(ERRORS, broker=self._broker):
-                self._subscribe(_subscribe_timeout(options))
+                if self._retry is None:
+                    self._subscribe()
+                else:
+                    self._retry.call(
+                        self._resubscribe,
+                        retry_on=CONNECTION_ERRORS,
+                        broker=self._broker,
+                    )
         except BaseException:
             self._release()
             raise
@@ -192,18 +230,20 @@ class RedisSubscriber:
         topic: str | Sequence[str],
         *,
         pattern: bool | None = None,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> Self:
         """Make a subscriber from a Redis URL (see `RedisPublisher.from_url`)."""
         hostname, port, options = url_arguments(url)
-        return cls(hostname, port, topic, pattern=pattern, **{**options, **kwargs})
+        return cls(hostname, port, topic, pattern=pattern, retry=retry, **{**options, **kwargs})
 
-    def _subscribe(self, timeout: float) -> None:
+    def _subscribe(self) -> None:
         if self._channels:
             self._pubsub.subscribe(*self._channels)
         if self._patterns:
             self._pubsub.psubscribe(*self._patterns)
         expected = len(self._channels) + len(self._patterns)
+        timeout = self._subscribe_timeout
         deadline = time.monotonic() + timeout
         while expected:
             remaining = deadline - time.monotonic()
@@ -219,6 +259,23 @@ class RedisSubscriber:
 
     def _on_reconnect(self, connection: Any) -> None:
         self._lost = True
+
+    def _resubscribe(self) -> None:
+        # A fresh pubsub: nothing of the old one is trusted. Its connection
+        # goes back to the pool, where our reconnect watch must not follow it.
+        if self._pubsub.connection is not None:
+            self._pubsub.connection.deregister_connect_callback(self._on_reconnect)
+        self._pubsub.close()
+        self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+        self._lost = False
+        self._subscribe()
+
+    def _recover(self, exc: BaseException | None) -> None:
+        if self._retry is None:
+            raise _lost(self._broker) from exc
+        _missed(self._broker, exc)
+        with map_errors(ERRORS, broker=self._broker):
+            self._retry.call(self._resubscribe, retry_on=CONNECTION_ERRORS, broker=self._broker)
 
     def open(self) -> None:
         """Do nothing: the constructor already connected (parity with the async twin).
@@ -243,8 +300,10 @@ class RedisSubscriber:
         Raises:
             StreamTimeoutError: If no message arrived in time.
             SubscriberClosedError: If the subscriber is (or gets) closed.
-            BrokerConnectionError: If the connection was lost (e.g. Redis
-                disconnected this subscriber for lagging behind).
+            BrokerConnectionError: Without `retry`: if the connection was
+                lost (e.g. Redis restarted, or disconnected this subscriber
+                for lagging behind). With `retry`: if resubscribing failed
+                until the policy's deadline.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
@@ -252,7 +311,7 @@ class RedisSubscriber:
                 if self._buffer:
                     return self._buffer.popleft()
                 if self._lost:
-                    raise _lost(self._broker)
+                    self._recover(None)
                 wait = SLICE_SECONDS
                 if deadline is not None:
                     wait = min(wait, deadline - time.monotonic())
@@ -271,7 +330,7 @@ class RedisSubscriber:
             if connection.can_read(timeout=wait):
                 _take(self._pubsub.get_message(timeout=None), self._buffer)
         except CONNECTION_ERRORS as exc:
-            raise _lost(self._broker) from exc
+            self._recover(exc)
 
     def close(self) -> None:
         """Close the subscriber (idempotent).
@@ -323,9 +382,11 @@ class AsyncRedisSubscriber:
         topic: str | Sequence[str],
         *,
         pattern: bool | None = None,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> None:
         self._channels, self._patterns = _split(topic_list(topic), pattern)
+        self._retry = None if retry is None else check_retry(retry)
         options = client_kwargs(
             hostname,
             port,
@@ -351,11 +412,12 @@ class AsyncRedisSubscriber:
         topic: str | Sequence[str],
         *,
         pattern: bool | None = None,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> Self:
         """Make a subscriber from a Redis URL (see `RedisPublisher.from_url`)."""
         hostname, port, options = url_arguments(url)
-        return cls(hostname, port, topic, pattern=pattern, **{**options, **kwargs})
+        return cls(hostname, port, topic, pattern=pattern, retry=retry, **{**options, **kwargs})
 
     async def open(self) -> None:
         """Subscribe and wait for Redis to confirm (idempotent).
@@ -370,7 +432,14 @@ class AsyncRedisSubscriber:
             return
         try:
             with map_errors(ERRORS, broker=self._broker):
-                await self._subscribe()
+                if self._retry is None:
+                    await self._subscribe()
+                else:
+                    await self._retry.call_async(
+                        self._resubscribe,
+                        retry_on=CONNECTION_ERRORS,
+                        broker=self._broker,
+                    )
         except BaseException:
             await self.close()
             raise
@@ -398,17 +467,38 @@ class AsyncRedisSubscriber:
     def _on_reconnect(self, connection: Any) -> None:
         self._lost = True
 
+    async def _resubscribe(self) -> None:
+        if self._pubsub.connection is not None:
+            self._pubsub.connection.deregister_connect_callback(self._on_reconnect)
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        self._pubsub = self._client.pubsub()
+        self._lost = False
+        await self._subscribe()
+
+    async def _recover(self, exc: BaseException | None) -> None:
+        if self._retry is None:
+            raise _lost(self._broker) from exc
+        _missed(self._broker, exc)
+        with map_errors(ERRORS, broker=self._broker):
+            await self._retry.call_async(
+                self._resubscribe,
+                retry_on=CONNECTION_ERRORS,
+                broker=self._broker,
+            )
+
     async def _next_message(self) -> bytes | None:
         # Runs as a task that PendingFetch never cancels on a caller's
         # timeout, so it may block until a message arrives.
-        try:
-            while not self._buffer:
+        while not self._buffer:
+            try:
                 message = await self._pubsub.get_message(timeout=None)
-                if self._lost:
-                    raise _lost(self._broker)
-                _take(message, self._buffer)
-        except CONNECTION_ERRORS as exc:
-            raise _lost(self._broker) from exc
+            except CONNECTION_ERRORS as exc:
+                await self._recover(exc)
+                continue
+            if self._lost:
+                # redis-py reconnected on its own: raise, or resubscribe.
+                await self._recover(None)
+            _take(message, self._buffer)
         return self._buffer.popleft()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -426,7 +516,7 @@ class AsyncRedisSubscriber:
         await self.open()
         if self._buffer and not self._fetch.busy:
             return self._buffer.popleft()
-        if self._lost and not self._fetch.busy:
+        if self._lost and self._retry is None and not self._fetch.busy:
             raise _lost(self._broker)
         return await self._fetch(timeout)
 

@@ -46,20 +46,21 @@ Example:
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
+from functools import partial
 from typing import Any
 from typing import Literal
 from typing import Self
+from typing import TypeVar
 
 from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import require
@@ -72,6 +73,7 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess test
 
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
+from proxystore_stream.retry import RetryPolicy
 from proxystore_stream.shims._errors import map_errors
 from proxystore_stream.shims.redis._common import CONNECTION_ERRORS
 from proxystore_stream.shims.redis._common import ERRORS
@@ -79,8 +81,11 @@ from proxystore_stream.shims.redis._common import SLICE_SECONDS
 from proxystore_stream.shims.redis._common import PendingFetch
 from proxystore_stream.shims.redis._common import broker_name
 from proxystore_stream.shims.redis._common import check_message
+from proxystore_stream.shims.redis._common import check_name
+from proxystore_stream.shims.redis._common import check_retry
 from proxystore_stream.shims.redis._common import check_topic
 from proxystore_stream.shims.redis._common import client_kwargs
+from proxystore_stream.shims.redis._common import default_consumer
 from proxystore_stream.shims.redis._common import topic_list
 from proxystore_stream.shims.redis._common import url_arguments
 
@@ -98,6 +103,8 @@ PROTOCOL = 2
 FIELD = b"data"
 DEFAULT_PREFETCH = 16
 
+T = TypeVar("T")
+
 Entry = tuple[str, bytes, bytes]
 """(stream, entry id, message) of an entry read from Redis."""
 
@@ -110,18 +117,6 @@ def _check_positive(value: int | None, name: str, *, optional: bool) -> int | No
     if value < 1:
         raise ValueError(f"{name} must be >= 1, not {value}")
     return value
-
-
-def _check_name(value: str, name: str) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-    if not value:
-        raise ValueError(f"{name} must not be empty")
-    return value
-
-
-def _default_consumer() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def _text(value: bytes | str) -> str:
@@ -154,16 +149,19 @@ class _GroupReader:
 
     Entries move buffer -> handed (returned to the caller) -> acknowledged.
     `held` has the ids of every entry in the buffer or handed, so a claim
-    never delivers again an entry this consumer already holds.
+    never delivers again an entry this consumer already holds. Handed ids
+    stay until their XACK is confirmed, so an XACK lost with the connection
+    is sent again after the reconnect (XACK is idempotent).
     """
 
     topics: list[str]
     prefetch: int
     claim_idle_ms: int | None
     buffer: deque[Entry] = field(default_factory=deque)
-    handed: list[tuple[str, bytes]] = field(default_factory=list)
-    # Entries deleted (trimmed) while pending: acknowledged, never handed.
-    dead: list[tuple[str, bytes]] = field(default_factory=list)
+    # Ordered sets (dicts): handed, and deleted (trimmed) while pending.
+    # Both are acknowledged; dead ones are never handed.
+    handed: dict[tuple[str, bytes], None] = field(default_factory=dict)
+    dead: dict[tuple[str, bytes], None] = field(default_factory=dict)
     held: set[tuple[str, bytes]] = field(default_factory=set)
     # Streams whose own pending entries are still being re-read, with the
     # last id read; a stream leaves when its pending entries run out.
@@ -195,7 +193,7 @@ class _GroupReader:
                 continue
             data = fields.get(FIELD) if fields else None
             if data is None:
-                self.dead.append(key)
+                self.dead[key] = None
                 continue
             self.held.add(key)
             self.buffer.append((stream, entry_id, data))
@@ -226,24 +224,38 @@ class _GroupReader:
             self._add(stream, entries)
         self.next_claim = now if more else now + self.claim_interval
 
+    def reconnected(self) -> None:
+        """Re-read this consumer's pending entries before new ones.
+
+        An XREADGROUP whose reply was lost with the connection made its
+        entries pending for this consumer; this is how they are found.
+        Entries already held are skipped, so nothing is handed twice.
+        """
+        self.history = dict.fromkeys(self.topics, "0")
+
     def pop(self) -> Entry | None:
         """Take the next buffered entry (call `hand` once it is returned)."""
         return self.buffer.popleft() if self.buffer else None
 
     def hand(self, entry: Entry) -> bytes:
         """Record an entry as handed to the caller and return its message."""
-        self.handed.append((entry[0], entry[1]))
+        self.handed[(entry[0], entry[1])] = None
         return entry[2]
 
-    def take_acks(self) -> dict[str, list[bytes]]:
-        """Return the ids to acknowledge per stream (handed and dead ones)."""
+    def acks(self) -> tuple[dict[str, list[bytes]], list[tuple[str, bytes]]]:
+        """Return the ids to acknowledge per stream, and their keys for `acked`."""
+        keys = [*self.handed, *self.dead]
         acks: dict[str, list[bytes]] = {}
-        for key in self.handed + self.dead:
+        for stream, entry_id in keys:
+            acks.setdefault(stream, []).append(entry_id)
+        return acks, keys
+
+    def acked(self, keys: list[tuple[str, bytes]]) -> None:
+        """Forget entries whose XACK reached Redis."""
+        for key in keys:
             self.held.discard(key)
-            acks.setdefault(key[0], []).append(key[1])
-        self.handed.clear()
-        self.dead.clear()
-        return acks
+            self.handed.pop(key, None)
+            self.dead.pop(key, None)
 
     def read_arguments(self, step: Step) -> dict[str, Any]:
         """Return the `streams` mapping of XREADGROUP for `step`."""
@@ -267,6 +279,9 @@ class RedisStreamPublisher:
         maxlen: Trim each stream to about this many entries (None: never).
         approximate: Trim with ``~`` (whole macro nodes: much cheaper, may
             keep a few more entries than `maxlen`).
+        retry: Reconnect policy (None: `RetryPolicy()`, a 30 s deadline). A
+            send whose reply was lost is sent again, so the entry may be
+            stored twice.
         **kwargs: Passed to `redis.Redis` (``password``, ``db``, ``ssl``...).
 
     Raises:
@@ -283,10 +298,12 @@ class RedisStreamPublisher:
         *,
         maxlen: int | None = None,
         approximate: bool = True,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> None:
         self._maxlen = _check_positive(maxlen, "maxlen", optional=True)
         self._approximate = bool(approximate)
+        self._retry = check_retry(retry)
         options = client_kwargs(hostname, port, kwargs, protocol=PROTOCOL)
         self._broker = broker_name(hostname, port, options)
         self._client = redis.Redis(**options)
@@ -299,6 +316,7 @@ class RedisStreamPublisher:
         *,
         maxlen: int | None = None,
         approximate: bool = True,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> Self:
         """Make a publisher from a ``redis://``, ``rediss://`` or ``unix://`` URL.
@@ -307,6 +325,7 @@ class RedisStreamPublisher:
             url: Redis URL, e.g. ``redis://user:secret@127.0.0.1:6379/1``.
             maxlen: See the class.
             approximate: See the class.
+            retry: See the class.
             **kwargs: Passed to `redis.Redis`; they win over the URL.
         """
         hostname, port, options = url_arguments(url)
@@ -315,27 +334,33 @@ class RedisStreamPublisher:
             port,
             maxlen=maxlen,
             approximate=approximate,
+            retry=retry,
             **{**options, **kwargs},
         )
 
     def send(self, topic: str, message: bytes) -> None:
-        """Append a message to the stream `topic`.
+        """Append a message to the stream `topic`, reconnecting under the retry policy.
 
         Raises:
             TypeError: If `topic` is not a str or `message` not bytes.
             PublisherClosedError: If the publisher is closed.
-            BrokerConnectionError: If Redis cannot be reached.
+            BrokerConnectionError: If Redis stays unreachable past the deadline.
         """
         check_topic(topic)
         check_message(message)
         if self._closed:
             raise PublisherClosedError("RedisStreamPublisher is closed")
         with map_errors(ERRORS, broker=self._broker):
-            self._client.xadd(
-                topic,
-                {FIELD: message},
-                maxlen=self._maxlen,
-                approximate=self._approximate,
+            self._retry.call(
+                partial(
+                    self._client.xadd,
+                    topic,
+                    {FIELD: message},
+                    maxlen=self._maxlen,
+                    approximate=self._approximate,
+                ),
+                retry_on=CONNECTION_ERRORS,
+                broker=self._broker,
             )
 
     def close(self) -> None:
@@ -366,6 +391,9 @@ class RedisStreamSubscriber:
         claim_idle_ms: Claim other consumers' pending entries idle at least
             this long (None: never).
         prefetch: Entries read per round trip at most.
+        retry: Reconnect policy (None: `RetryPolicy()`, a 30 s deadline).
+            After a reconnect, acknowledgements not confirmed are sent
+            again and this consumer's pending entries are re-read.
         **kwargs: Passed to `redis.Redis` (see `RedisStreamPublisher`).
 
     Raises:
@@ -388,19 +416,21 @@ class RedisStreamSubscriber:
         start_id: str = "0",
         claim_idle_ms: int | None = None,
         prefetch: int = DEFAULT_PREFETCH,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> None:
-        self._group = _check_name(group, "group")
-        self._consumer = _check_name(
-            _default_consumer() if consumer is None else consumer,
+        self._group = check_name(group, "group")
+        self._consumer = check_name(
+            default_consumer() if consumer is None else consumer,
             "consumer",
         )
-        self._start_id = _check_name(start_id, "start_id")
+        self._start_id = check_name(start_id, "start_id")
         self._reader = _GroupReader(
             topics=topic_list(topic),
             prefetch=_check_positive(prefetch, "prefetch", optional=False) or 1,
             claim_idle_ms=_check_positive(claim_idle_ms, "claim_idle_ms", optional=True),
         )
+        self._retry = check_retry(retry)
         options = client_kwargs(hostname, port, kwargs, protocol=PROTOCOL)
         self._broker = broker_name(hostname, port, options)
         self._closed = False
@@ -408,8 +438,7 @@ class RedisStreamSubscriber:
         self._lock = threading.RLock()
         self._client = redis.Redis(**options)
         try:
-            with map_errors(ERRORS, broker=self._broker):
-                self._create_groups()
+            self._call(self._create_groups)
         except BaseException:
             self._release()
             raise
@@ -425,6 +454,7 @@ class RedisStreamSubscriber:
         start_id: str = "0",
         claim_idle_ms: int | None = None,
         prefetch: int = DEFAULT_PREFETCH,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> Self:
         """Make a subscriber from a Redis URL (see `RedisStreamPublisher.from_url`)."""
@@ -438,6 +468,7 @@ class RedisStreamSubscriber:
             start_id=start_id,
             claim_idle_ms=claim_idle_ms,
             prefetch=prefetch,
+            retry=retry,
             **{**options, **kwargs},
         )
 
@@ -445,6 +476,18 @@ class RedisStreamSubscriber:
     def consumer(self) -> str:
         """This subscriber's consumer name in its group."""
         return self._consumer
+
+    def _call(self, operation: Callable[[], T]) -> T:
+        with map_errors(ERRORS, broker=self._broker):
+            return self._retry.call(
+                operation,
+                retry_on=CONNECTION_ERRORS,
+                broker=self._broker,
+                on_retry=self._reconnected,
+            )
+
+    def _reconnected(self, exc: BaseException) -> None:
+        self._reader.reconnected()
 
     def _create_groups(self) -> None:
         for topic in self._reader.topics:
@@ -479,16 +522,19 @@ class RedisStreamSubscriber:
     def receive(self, timeout: float | None = None) -> bytes:
         """Acknowledge the previous message and return the next one.
 
+        Waits `timeout` seconds at most for a message; while Redis is away
+        it keeps reconnecting until the retry policy's deadline instead.
+
         Raises:
             StreamTimeoutError: If no message arrived in time.
             SubscriberClosedError: If the subscriber is (or gets) closed.
-            BrokerConnectionError: If Redis cannot be reached.
+            BrokerConnectionError: If Redis stays unreachable past the deadline.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock, map_errors(ERRORS, broker=self._broker):
+        with self._lock:
             if self._closed:
                 raise SubscriberClosedError("RedisStreamSubscriber is closed")
-            self._ack()
+            self._call(self._ack)
             while not self._closed:
                 entry = self._reader.pop()
                 if entry is not None:
@@ -498,10 +544,12 @@ class RedisStreamSubscriber:
                     wait = min(wait, deadline - time.monotonic())
                     if wait <= 0:
                         raise StreamTimeoutError(f"No message within {timeout} s")
-                self._fill(wait)
+                self._call(partial(self._fill, wait))
             raise SubscriberClosedError("RedisStreamSubscriber is closed")
 
     def _fill(self, wait: float) -> None:
+        if self._closed:
+            return
         reader = self._reader
         step = reader.step(time.monotonic())
         try:
@@ -537,18 +585,22 @@ class RedisStreamSubscriber:
             reader.take_new(reply)
 
     def _ack(self) -> None:
-        for stream, ids in self._reader.take_acks().items():
+        acks, keys = self._reader.acks()
+        for stream, ids in acks.items():
             self._client.xack(stream, self._group, *ids)
+        self._reader.acked(keys)
 
     def ack(self) -> None:
         """Acknowledge every message handed over so far.
 
+        Does nothing once the subscriber is closed.
+
         Raises:
-            BrokerConnectionError: If Redis cannot be reached.
+            BrokerConnectionError: If Redis stays unreachable past the deadline.
         """
-        with self._lock, map_errors(ERRORS, broker=self._broker):
+        with self._lock:
             if not self._released:
-                self._ack()
+                self._call(self._ack)
 
     def close(self) -> None:
         """Close the subscriber (idempotent) without acknowledging.
@@ -585,10 +637,12 @@ class AsyncRedisStreamPublisher:
         *,
         maxlen: int | None = None,
         approximate: bool = True,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> None:
         self._maxlen = _check_positive(maxlen, "maxlen", optional=True)
         self._approximate = bool(approximate)
+        self._retry = check_retry(retry)
         options = client_kwargs(
             hostname,
             port,
@@ -607,6 +661,7 @@ class AsyncRedisStreamPublisher:
         *,
         maxlen: int | None = None,
         approximate: bool = True,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> Self:
         """Make a publisher from a Redis URL (see `RedisStreamPublisher.from_url`)."""
@@ -616,6 +671,7 @@ class AsyncRedisStreamPublisher:
             port,
             maxlen=maxlen,
             approximate=approximate,
+            retry=retry,
             **{**options, **kwargs},
         )
 
@@ -626,11 +682,16 @@ class AsyncRedisStreamPublisher:
         if self._closed:
             raise PublisherClosedError("AsyncRedisStreamPublisher is closed")
         with map_errors(ERRORS, broker=self._broker):
-            await self._client.xadd(
-                topic,
-                {FIELD: message},
-                maxlen=self._maxlen,
-                approximate=self._approximate,
+            await self._retry.call_async(
+                partial(
+                    self._client.xadd,
+                    topic,
+                    {FIELD: message},
+                    maxlen=self._maxlen,
+                    approximate=self._approximate,
+                ),
+                retry_on=CONNECTION_ERRORS,
+                broker=self._broker,
             )
 
     async def close(self) -> None:
@@ -667,19 +728,21 @@ class AsyncRedisStreamSubscriber:
         start_id: str = "0",
         claim_idle_ms: int | None = None,
         prefetch: int = DEFAULT_PREFETCH,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> None:
-        self._group = _check_name(group, "group")
-        self._consumer = _check_name(
-            _default_consumer() if consumer is None else consumer,
+        self._group = check_name(group, "group")
+        self._consumer = check_name(
+            default_consumer() if consumer is None else consumer,
             "consumer",
         )
-        self._start_id = _check_name(start_id, "start_id")
+        self._start_id = check_name(start_id, "start_id")
         self._reader = _GroupReader(
             topics=topic_list(topic),
             prefetch=_check_positive(prefetch, "prefetch", optional=False) or 1,
             claim_idle_ms=_check_positive(claim_idle_ms, "claim_idle_ms", optional=True),
         )
+        self._retry = check_retry(retry)
         options = client_kwargs(
             hostname,
             port,
@@ -704,6 +767,7 @@ class AsyncRedisStreamSubscriber:
         start_id: str = "0",
         claim_idle_ms: int | None = None,
         prefetch: int = DEFAULT_PREFETCH,
+        retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> Self:
         """Make a subscriber from a Redis URL (see `RedisStreamPublisher.from_url`)."""
@@ -717,6 +781,7 @@ class AsyncRedisStreamSubscriber:
             start_id=start_id,
             claim_idle_ms=claim_idle_ms,
             prefetch=prefetch,
+            retry=retry,
             **{**options, **kwargs},
         )
 
@@ -737,12 +802,23 @@ class AsyncRedisStreamSubscriber:
         if self._opened:
             return
         try:
-            with map_errors(ERRORS, broker=self._broker):
-                await self._create_groups()
+            await self._call(self._create_groups)
         except BaseException:
             await self.close()
             raise
         self._opened = True
+
+    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        with map_errors(ERRORS, broker=self._broker):
+            return await self._retry.call_async(
+                operation,
+                retry_on=CONNECTION_ERRORS,
+                broker=self._broker,
+                on_retry=self._reconnected,
+            )
+
+    async def _reconnected(self, exc: BaseException) -> None:
+        self._reader.reconnected()
 
     async def _create_groups(self) -> None:
         for topic in self._reader.topics:
@@ -760,14 +836,15 @@ class AsyncRedisStreamSubscriber:
     async def _next_entry(self) -> Entry | None:
         if self._closed:
             raise SubscriberClosedError("AsyncRedisStreamSubscriber is closed")
-        with map_errors(ERRORS, broker=self._broker):
+        entry = self._reader.pop()
+        if entry is None:
+            await self._call(partial(self._fill, SLICE_SECONDS))
             entry = self._reader.pop()
-            if entry is None:
-                await self._fill(SLICE_SECONDS)
-                entry = self._reader.pop()
         return entry
 
     async def _fill(self, wait: float) -> None:
+        if self._closed:
+            raise SubscriberClosedError("AsyncRedisStreamSubscriber is closed")
         reader = self._reader
         step = reader.step(time.monotonic())
         try:
@@ -802,8 +879,10 @@ class AsyncRedisStreamSubscriber:
             reader.take_new(reply)
 
     async def _ack(self) -> None:
-        for stream, ids in self._reader.take_acks().items():
+        acks, keys = self._reader.acks()
+        for stream, ids in acks.items():
             await self._client.xack(stream, self._group, *ids)
+        self._reader.acked(keys)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         """Yield messages until the subscriber is closed."""
@@ -821,20 +900,14 @@ class AsyncRedisStreamSubscriber:
         if self._closed:
             raise SubscriberClosedError("AsyncRedisStreamSubscriber is closed")
         await self.open()
-        with map_errors(ERRORS, broker=self._broker):
-            await self._ack()
+        await self._call(self._ack)
         return self._reader.hand(await self._fetch(timeout))
 
     async def ack(self) -> None:
-        """Acknowledge every message handed over so far.
-
-        Raises:
-            BrokerConnectionError: If Redis cannot be reached.
-        """
+        """Acknowledge every message handed over so far (see `RedisStreamSubscriber.ack`)."""
         if self._closed:
             return
-        with map_errors(ERRORS, broker=self._broker):
-            await self._ack()
+        await self._call(self._ack)
 
     async def close(self) -> None:
         """Close the subscriber (idempotent) without acknowledging.
