@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from proxystore_stream.cli.bench import BenchConfig
 from proxystore_stream.cli.bench import auto_count
 from proxystore_stream.cli.bench import parse_size
 from proxystore_stream.cli.bench import parse_sizes
+from proxystore_stream.cli.bench import run_bench
+from proxystore_stream.cli.targets import TARGETS
+from proxystore_stream.cli.targets import inprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,11 +130,62 @@ def test_bench_file_store_and_async_concurrent_topics(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "plain files" in result.stdout
-    assert "ours x2 topics" in result.stdout
-    paths = [row["path"] for row in json.loads(out_json.read_text())["results"]]
-    assert paths == ["ours", "bare", "file", "ours-concurrent"]
+    assert "ours x2 topics async" in result.stdout
+    assert "ours x2 topics sync" in result.stdout
+    assert "async/sync" in result.stdout
+    rows = json.loads(out_json.read_text())["results"]
+    # --async measures the sync twins in the same run, for a same-run ratio.
+    assert [row["path"] for row in rows] == [
+        "ours",
+        "ours-sync",
+        "bare",
+        "file",
+        "ours-concurrent",
+        "ours-concurrent-sync",
+    ]
+    for row in rows:
+        assert row["error"] is None, row
+        assert row["count"] == 20
+        expected = row["path"] in ("ours", "ours-concurrent")
+        assert (row["ratio_async_over_sync"] is not None) is expected, row
+    by_path = {row["path"]: row for row in rows}
+    for path in ("ours", "ours-concurrent"):
+        sync = by_path[f"{path}-sync"]["messages_per_second"]
+        ratio = by_path[path]["messages_per_second"] / sync
+        assert by_path[path]["ratio_async_over_sync"] == pytest.approx(ratio)
     # The bench cleans up its own files.
     assert [p for p in tmp_path.iterdir() if p.name != "bench.json"] == []
+
+
+def test_bench_records_a_failing_path_and_measures_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A path that fails (here: our endpoints cannot open) becomes that row's
+    # error; the bare path of the same size and the other sizes still run.
+    fake = types.ModuleType("pss_fake_target")
+
+    def open_endpoints(name: str, topic: str) -> tuple[object, object]:
+        raise ValueError("message is larger than the broker's limit")
+
+    fake.open_endpoints = open_endpoints  # type: ignore[attr-defined]
+    fake.open_bare = inprocess.open_bare  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pss_fake_target", fake)
+    monkeypatch.setitem(TARGETS, "local", "pss_fake_target")
+    config = BenchConfig(shim="local", sizes=[100, 1000], count=50, repeat=2, seconds_limit=5)
+    results = run_bench(config, Console(file=io.StringIO()))
+    assert [(r.size, r.path) for r in results] == [
+        (100, "ours"),
+        (100, "bare"),
+        (1000, "ours"),
+        (1000, "bare"),
+    ]
+    for result in results:
+        if result.path == "ours":
+            assert result.error == "ValueError: message is larger than the broker's limit"
+            assert result.count == 0
+        else:
+            assert result.error is None
+            assert result.count == 50
 
 
 def test_bench_unknown_shim_lists_known_ones() -> None:

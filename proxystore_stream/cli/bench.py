@@ -3,8 +3,11 @@
 For each payload size the bench pushes bytes payloads through
 
 - **ours**: `StreamProducer.send` in one thread, `StreamConsumer` iteration
-  in another (or the async twins as two tasks of one event loop), over the
-  endpoints of the chosen shim's bench target;
+  in another (or, with ``--async``, the async twins as two tasks of one
+  event loop), over the endpoints of the chosen shim's bench target;
+- **ours sync** (with ``--async`` only): the sync twins again, in the same
+  run and alternating round by round with the async path, so the async/sync
+  ratio is a same-run ratio like the ratio to bare;
 - **bare**: the broker's own client (`open_bare`) doing the same work in the
   same harness;
 - **file** (with ``--store file``): plain file write + read + unlink of the
@@ -15,6 +18,14 @@ payload (the same work on every path); the receiver records the arrival
 (after resolving the proxy, for stored payloads) and the latency. The ratio
 is our time per message over the bare time per message: lower is better,
 below 1 is faster than bare.
+
+With ``--topics K`` the same total count is split over K topics, each with
+its own endpoints, producer and consumer: 2K threads on the sync path, 2K
+tasks of one event loop on the async path. The async path keeps producer
+and consumer on one loop (what an asyncio program does): giving each side
+its own loop in its own thread, like the sync threads, was measured slower
+for every shim tried (local, redis), because every hand-over then crosses
+threads.
 
 Every loop is bounded by a message count and by ``--seconds-limit``; a run
 that stalls is reported as an error, never waited for forever.
@@ -40,6 +51,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -65,6 +77,7 @@ __all__ = [
     "BenchConfig",
     "BenchError",
     "Measurement",
+    "Ratios",
     "auto_count",
     "load_target",
     "parse_size",
@@ -174,7 +187,8 @@ class BenchConfig:
         count: Messages per size (None: `auto_count`).
         batch_size: Objects per message on our path.
         store: ``none`` (inline), ``file``, ``memory`` or ``redis``.
-        use_async: Drive our path with the async twins.
+        use_async: Drive our path with the async twins, and measure the sync
+            twins in the same run too (alternating) for the async/sync ratio.
         topics: With more than 1, also run K topics concurrently.
         seconds_limit: Seconds each measurement may send for at most.
         directory: Where the file store (and plain-file baseline) writes.
@@ -198,7 +212,9 @@ class Measurement:
     """One path at one size.
 
     Attributes:
-        path: ``ours``, ``ours-concurrent``, ``bare`` or ``file``.
+        path: ``ours``, ``ours-concurrent``, ``bare`` or ``file``; with
+            ``--async`` also ``ours-sync`` and ``ours-concurrent-sync`` (the
+            sync twins measured in the same run).
         label: Human description of the path.
         size: Payload bytes.
         count: Messages received in the timed phase.
@@ -406,11 +422,16 @@ def _ours_sync(
     timeout = runner.seconds_limit + GRACE_SECONDS
     consumer: StreamConsumer[bytes] = StreamConsumer(subscriber, timeout=timeout)
     warm = _Tally(payloads.size)
-    for _ in range(WARMUP):
-        producer.send(topic, payloads.make())
-    producer.flush()
-    for _ in range(WARMUP):
-        warm.record(consumer.next(timeout))
+    try:
+        for _ in range(WARMUP):
+            producer.send(topic, payloads.make())
+        producer.flush()
+        for _ in range(WARMUP):
+            warm.record(consumer.next(timeout))
+    except BaseException:
+        subscriber.close()
+        publisher.close()
+        raise
 
     def produce() -> None:
         try:
@@ -540,27 +561,16 @@ def _run_ours(
     count: int,
     runner: _Runner,
     topics: int,
+    use_async: bool,
 ) -> Measurement:
     payloads = _Payloads(size)
-    mode = "async" if config.use_async else "sync"
-    store_label = "inline" if store is None else f"{config.store} store"
-    del store_label, mode  # in the table title
-    label = "ours"
-    path = "ours"
-    if topics > 1:
-        label += f" x{topics} topics"
-        path = "ours-concurrent"
-        count = max(1, count // topics)
+    path, label = _ours_names(config, topics, use_async)
+    count = max(1, count // topics)
     tallies = [_Tally(size) for _ in range(topics)]
     names = [f"bench-{uuid.uuid4().hex[:8]}-{i}" for i in range(topics)]
-    if config.use_async and not hasattr(target, "open_async_endpoints"):
-        raise BenchError(
-            f"shim {config.shim!r} has no async bench endpoints "
-            f"({target.__name__} lacks open_async_endpoints); run without --async",
-        )
     task = runner.progress.add_task(f"{format_size(size)} {label}", total=count * topics)
     try:
-        if config.use_async:
+        if use_async:
             start = _run_ours_async(
                 target, config, store, names, payloads, count, runner, tallies, task
             )
@@ -571,6 +581,30 @@ def _run_ours(
     finally:
         runner.progress.remove_task(task)
     return _measurement(path, label, size, tallies, start)
+
+
+def _ours_names(config: BenchConfig, topics: int, use_async: bool) -> tuple[str, str]:
+    """The path and label of one of our rows."""
+    path, label = "ours", "ours"
+    if topics > 1:
+        path, label = "ours-concurrent", f"ours x{topics} topics"
+    if config.use_async:
+        # Both twins are measured: name each row by its mode.
+        label += " async" if use_async else " sync"
+        path += "" if use_async else "-sync"
+    return path, label
+
+
+def _recorded(path: str, label: str, size: int, run: Callable[[], Measurement]) -> Measurement:
+    """Run one path; a failure becomes that row's error instead of ending the bench."""
+    try:
+        return run()
+    except (BenchError, ImportError):
+        raise
+    except Exception as exc:
+        failed = Measurement(path, label, size)
+        failed.error = f"{type(exc).__name__}: {exc}"
+        return failed
 
 
 def _run_ours_sync(
@@ -587,17 +621,17 @@ def _run_ours_sync(
     """K producer threads and K consumer threads; returns the start time (ns)."""
     threads: list[threading.Thread] = []
     closers: list[Callable[[], None]] = []
-    finished = False
+    stalled = False
     try:
         for name, tally in zip(names, tallies, strict=True):
             made, close = _ours_sync(target, config, store, name, payloads, count, runner, tally)
             threads += made
             closers.append(close)
         start = time.perf_counter_ns()
-        finished = runner.wait(threads, tallies, task)
+        stalled = not runner.wait(threads, tallies, task)
     finally:
         # Threads that stalled may still use the endpoints: leave those be.
-        if finished or not threads:
+        if not stalled:
             for close in closers:
                 close()
     return start
@@ -769,6 +803,11 @@ def run_bench(
     if config.repeat < 1:
         raise BenchError("--repeat must be at least 1")
     target = load_target(config.shim)
+    if config.use_async and not hasattr(target, "open_async_endpoints"):
+        raise BenchError(
+            f"shim {config.shim!r} has no async bench endpoints "
+            f"({target.__name__} lacks open_async_endpoints); run without --async",
+        )
     console = console or Console()
     base = Path(tempfile.mkdtemp(prefix="pss-bench-", dir=config.directory))
     results: list[Measurement] = []
@@ -784,33 +823,77 @@ def run_bench(
             refresh_per_second=4,
         )
         runner = _Runner(progress, config.seconds_limit)
-        labels = getattr(target, "BARE_LABELS", {})
-        bare_label = labels.get(config.shim, f"bare {config.shim} client")
         with progress:
             for size in config.sizes:
                 count = config.count or auto_count(size, config.seconds_limit)
                 rounds: dict[str, list[Measurement]] = {}
                 # Alternate the paths round by round, so a noisy neighbour
                 # hurts both alike; the best round of each path is reported.
-                for _ in range(config.repeat):
-                    runs = [_run_ours(target, config, store, size, count, runner, 1)]
-                    bare = target.open_bare(config.shim, f"bench-bare-{uuid.uuid4().hex[:8]}")
-                    runs.append(_run_bare(bare, "bare", bare_label, size, count, runner))
-                    if config.store == "file":
-                        files = _PlainFiles(base / f"plain-{size}")
-                        runs.append(_run_bare(files, "file", "plain files", size, count, runner))
-                    if config.topics > 1:
-                        runs.append(
-                            _run_ours(target, config, store, size, count, runner, config.topics),
-                        )
+                for index in range(config.repeat):
+                    runs = _round(target, config, store, size, count, runner, base, index)
                     for run in runs:
                         rounds.setdefault(run.path, []).append(run)
-                results.extend(_best(runs) for runs in rounds.values())
+                results.extend(_best(rounds[path]) for path in _ordered(rounds))
         if store is not None:
             store.close()
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return results
+
+
+def _round(
+    target: ModuleType,
+    config: BenchConfig,
+    store: Store[Any] | None,
+    size: int,
+    count: int,
+    runner: _Runner,
+    base: Path,
+    index: int,
+) -> list[Measurement]:
+    """Measure every path of one size once (round `index`)."""
+    modes = [True, False] if config.use_async else [False]
+    if index % 2:
+        modes.reverse()  # The two twins swap places every round.
+
+    def ours(topics: int, mode: bool) -> Measurement:
+        path, label = _ours_names(config, topics, mode)
+        run = partial(_run_ours, target, config, store, size, count, runner, topics, mode)
+        return _recorded(path, label, size, run)
+
+    runs = [ours(1, mode) for mode in modes]
+    runs.append(_bare_round(target, config, size, count, runner))
+    if config.store == "file":
+        files = _PlainFiles(base / f"plain-{size}")
+        runs.append(_run_bare(files, "file", "plain files", size, count, runner))
+    if config.topics > 1:
+        runs += [ours(config.topics, mode) for mode in modes]
+    return runs
+
+
+def _bare_round(
+    target: ModuleType,
+    config: BenchConfig,
+    size: int,
+    count: int,
+    runner: _Runner,
+) -> Measurement:
+    labels = getattr(target, "BARE_LABELS", {})
+    label = labels.get(config.shim, f"bare {config.shim} client")
+
+    def run() -> Measurement:
+        client = target.open_bare(config.shim, f"bench-bare-{uuid.uuid4().hex[:8]}")
+        return _run_bare(client, "bare", label, size, count, runner)
+
+    return _recorded("bare", label, size, run)
+
+
+_ORDER = ("ours", "ours-sync", "bare", "file", "ours-concurrent", "ours-concurrent-sync")
+
+
+def _ordered(rounds: dict[str, list[Measurement]]) -> list[str]:
+    """Paths in table order (async before its sync twin, whichever ran first)."""
+    return sorted(rounds, key=lambda path: _ORDER.index(path) if path in _ORDER else len(_ORDER))
 
 
 def _best(runs: list[Measurement]) -> Measurement:
@@ -821,19 +904,42 @@ def _best(runs: list[Measurement]) -> Measurement:
     return best
 
 
-def ratios(results: list[Measurement]) -> Iterator[tuple[Measurement, float | None, float | None]]:
-    """Yield each result with its time ratio to bare and to plain files (ours only)."""
+@dataclass
+class Ratios:
+    """How one result compares with the other paths of its size.
+
+    Attributes:
+        vs_bare: Our time per message over bare's (lower is better).
+        vs_file: Our time per message over plain files' (``--store file``).
+        async_over_sync: Async msg/s over the sync twin's msg/s, measured
+            in the same run (``--async``; above 1: async is faster).
+    """
+
+    vs_bare: float | None = None
+    vs_file: float | None = None
+    async_over_sync: float | None = None
+
+
+def _usable(result: Measurement | None) -> bool:
+    return result is not None and not result.error and result.count > 0
+
+
+def ratios(results: list[Measurement]) -> Iterator[tuple[Measurement, Ratios]]:
+    """Yield each result with its ratios (our paths only; others get none)."""
     by_size: dict[tuple[int, str], Measurement] = {(r.size, r.path): r for r in results}
     for result in results:
-        vs_bare = vs_file = None
-        if result.path.startswith("ours") and not result.error:
+        found = Ratios()
+        if result.path.startswith("ours") and _usable(result):
             bare = by_size.get((result.size, "bare"))
             files = by_size.get((result.size, "file"))
-            if bare is not None and not bare.error and bare.count:
-                vs_bare = result.per_message / bare.per_message
-            if files is not None and not files.error and files.count:
-                vs_file = result.per_message / files.per_message
-        yield result, vs_bare, vs_file
+            twin = by_size.get((result.size, f"{result.path}-sync"))
+            if bare is not None and _usable(bare):
+                found.vs_bare = result.per_message / bare.per_message
+            if files is not None and _usable(files):
+                found.vs_file = result.per_message / files.per_message
+            if twin is not None and _usable(twin):
+                found.async_over_sync = result.messages_per_second / twin.messages_per_second
+        yield result, found
 
 
 def _fmt(value: float, digits: int = 0) -> str:
@@ -850,16 +956,22 @@ def _fmt_us(micros: float) -> str:
 
 def results_table(config: BenchConfig, results: list[Measurement]) -> Table:
     """Return the final table: one row per path and size."""
-    mode = "async" if config.use_async else "sync"
+    mode = "async and sync" if config.use_async else "sync"
+    caption = (
+        "latency p50/p99: send to arrival (queueing included); vs bare/file: "
+        "our time per message / theirs (lower is better, < 1 is faster)"
+    )
+    if config.use_async:
+        caption += (
+            "; async/sync: async msg/s / the sync twin's, same run "
+            "(higher is better, > 1 is async faster)"
+        )
     table = Table(
         title=(
             f"bench --shim {config.shim} --store {config.store} "
             f"--batch-size {config.batch_size} ({mode})"
         ),
-        caption=(
-            "latency p50/p99: send to arrival (queueing included); vs bare/file: "
-            "our time per message / theirs (lower is better, < 1 is faster)"
-        ),
+        caption=caption,
     )
     table.add_column("size", justify="right")
     table.add_column("path")
@@ -871,8 +983,10 @@ def results_table(config: BenchConfig, results: list[Measurement]) -> Table:
     table.add_column("vs bare", justify="right")
     if config.store == "file":
         table.add_column("vs file", justify="right")
+    if config.use_async:
+        table.add_column("async/sync", justify="right")
     previous = None
-    for result, vs_bare, vs_file in ratios(results):
+    for result, found in ratios(results):
         size = format_size(result.size) if result.size != previous else ""
         previous = result.size
         if result.error:
@@ -886,21 +1000,28 @@ def results_table(config: BenchConfig, results: list[Measurement]) -> Table:
                 _fmt(result.mb_per_second, 1),
                 _fmt_us(result.p50_us),
                 _fmt_us(result.p99_us),
-                "" if vs_bare is None else f"{vs_bare:.2f}",
+                _ratio(found.vs_bare),
             ]
         if config.store == "file":
-            cells.append("" if vs_file is None or result.error else f"{vs_file:.2f}")
+            cells.append("" if result.error else _ratio(found.vs_file))
+        if config.use_async:
+            cells.append("" if result.error else _ratio(found.async_over_sync))
         table.add_row(*cells)
     return table
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 def write_json(path: str, config: BenchConfig, results: list[Measurement]) -> None:
     """Write the config, the results and their ratios to `path` as JSON."""
     rows = []
-    for result, vs_bare, vs_file in ratios(results):
+    for result, found in ratios(results):
         row = result.as_dict()
-        row["ratio_vs_bare"] = vs_bare
-        row["ratio_vs_file"] = vs_file
+        row["ratio_vs_bare"] = found.vs_bare
+        row["ratio_vs_file"] = found.vs_file
+        row["ratio_async_over_sync"] = found.async_over_sync
         rows.append(row)
     document = {"config": asdict(config), "results": rows}
     Path(path).write_text(json.dumps(document, indent=2) + "\n")
