@@ -137,8 +137,6 @@ _AIOKAFKA_CONNECTION_ERRORS = _errors(
     "NoBrokersAvailable",
     "NodeNotReadyError",
 )
-# confluent_kafka.KafkaError._ALL_BROKERS_DOWN (not imported: optional).
-_CONFLUENT_ALL_BROKERS_DOWN = -187
 _ERRORS: dict[type[BaseException], type[StreamError]] = {
     cls: BrokerConnectionError for cls in _KAFKA_CONNECTION_ERRORS + _AIOKAFKA_CONNECTION_ERRORS
 }
@@ -783,6 +781,11 @@ class KafkaPublisher:
             if self._admin is not None:
                 self._admin.close()
             if self._confluent:
+                if not delivered and hasattr(self._client, "purge"):
+                    # librdkafka's close waits for queued messages up to
+                    # message.timeout.ms (300 s): drop them, they were reported.
+                    self._client.purge()
+                    self._client.poll(0)
                 if hasattr(self._client, "close"):
                     self._client.close()
             elif delivered:
@@ -1074,7 +1077,7 @@ class KafkaSubscriber:
         self._retry = _check_retry(retry)
         self._delivery = _Delivery()
         self._outage = _Outage(self._retry.deadline, self._broker)
-        self._brokers_down = False  # confluent: _ALL_BROKERS_DOWN seen, no message since
+        self._brokers_down = False  # confluent: the last metadata probe failed
         self._last_probe = 0.0
         # Offsets whose async commit failed (appended on the client's thread).
         self._failed_commits: collections.deque[dict[tuple[str, int], int]] = collections.deque()
@@ -1216,15 +1219,17 @@ class KafkaSubscriber:
     def _connected(self) -> bool:
         """Whether the client holds a broker connection (best effort)."""
         if self._confluent:
-            if self._brokers_down and time.monotonic() - self._last_probe >= KEEPALIVE:
-                # librdkafka reports brokers going down, not coming back:
-                # ask for metadata to find out.
-                self._last_probe = time.monotonic()
+            # librdkafka does not tell a consumer about its connections: while
+            # no message arrives, ask for metadata at most every KEEPALIVE s.
+            now = time.monotonic()
+            if now - self._last_probe >= KEEPALIVE:
+                self._last_probe = now
                 try:
-                    self._client.list_topics(timeout=SLICE_SECONDS)
+                    self._client.list_topics(timeout=_WAIT_SLICE)
                     self._brokers_down = False
                 except Exception as error:  # confluent_kafka.KafkaException
                     logger.debug("Kafka metadata probe failed: %s", error)
+                    self._brokers_down = True
             return not self._brokers_down
         manager = getattr(self._client, "_manager", None)
         connections = getattr(manager, "least_used_connections", None)
@@ -1247,10 +1252,7 @@ class KafkaSubscriber:
                 if message.error() is not None:
                     if message.error().fatal():
                         raise BrokerConnectionError(str(message.error()), broker=self._broker)
-                    if message.error().code() == _CONFLUENT_ALL_BROKERS_DOWN:
-                        self._brokers_down = True
                     continue
-                self._brokers_down = False
                 self._delivery.buffer.append(
                     _Record(
                         message.topic(),

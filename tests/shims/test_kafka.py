@@ -529,3 +529,46 @@ class _R(NamedTuple):
 
 class _Meta(NamedTuple):
     serialized_value_size: int
+
+
+def test_confluent_clients_give_up_when_the_broker_stays_away() -> None:
+    confluent = pytest.importorskip("confluent_kafka")
+    from proxystore_stream.shims.kafka import create_topics
+
+    broker = TansuBroker()
+    broker.start()
+    topic = topic_name()
+    create_topics(broker.bootstrap, [topic])
+    policy = RetryPolicy(deadline=2.0)
+    pub = KafkaPublisher(confluent.Producer({"bootstrap.servers": broker.bootstrap}), retry=policy)
+    consumer = confluent.Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": f"g-{topic}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+            "max.poll.interval.ms": 6000,
+        },
+    )
+    sub = KafkaSubscriber(consumer, topics=[topic], retry=policy)
+    try:
+        pub.send(topic, b"before")
+        pub.flush()
+        assert sub.receive(30) == b"before"
+    finally:
+        broker.stop(signal.SIGKILL)
+    pub.send(topic, b"after")
+    started = time.monotonic()
+    with pytest.raises(BrokerConnectionError, match="no acknowledgement"):
+        pub.flush()
+    with pytest.raises(BrokerConnectionError, match="no broker connection"):
+        sub.receive()
+    # Both within the deadline plus one metadata probe and wait slice each.
+    assert time.monotonic() - started < 7.0
+    started = time.monotonic()
+    sub.close()
+    with pytest.raises(BrokerConnectionError):
+        pub.close()  # purges the undelivered message instead of waiting 300 s
+    assert time.monotonic() - started < 15.0
