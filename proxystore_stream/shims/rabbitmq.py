@@ -1,4 +1,4 @@
-"""Shim over RabbitMQ (AMQP 0-9-1) with pika (sync) and aio-pika (async).
+"""Shim over RabbitMQ (AMQP 0-9-1): pika (sync and async publisher), aio-pika (async subscriber).
 
 Two modes, chosen with `mode=` (publisher and subscribers must agree):
 
@@ -10,38 +10,58 @@ Two modes, chosen with `mode=` (publisher and subscribers must agree):
 | ordering | FIFO per topic | FIFO per topic (3) |
 | no subscriber | messages are dropped | messages wait in the queue |
 | acknowledgement | none (auto-ack) | on next receive or `ack()` (4) |
-| max message size | 128 MiB (5) | 128 MiB (5) |
+| publisher confirms | off (5) | on: pipelined, re-sent after a reconnect |
+| broker restart | messages meanwhile are missed | nothing lost; duplicates possible (6) |
+| max message size | 128 MiB (7) | 128 MiB (7) |
 
 1. Exchange `<prefix><topic>`; each subscriber has its own exclusive,
    auto-delete queue bound to the exchanges of its topics.
 2. Queue `<prefix><topic>`, fed through the default exchange.
 3. A redelivered (unacked) message goes back near its old position.
 4. At most `prefetch` unacked messages per topic per subscriber.
-5. The broker's `max_message_size`, 128 MiB by default (512 MiB at most).
+5. `confirm=True` turns them on; the async publisher always uses them for
+   flow control (its sends wait when 8192 messages or 64 MiB are unconfirmed).
+6. See "Reconnection" below.
+7. The broker's `max_message_size`, 128 MiB by default (512 MiB at most).
 
 Names: a topic `t` becomes the exchange (fan-out) or queue (work queue)
 `prefix + t`, `prefix` being `"pss."` by default. The full name must be 1 to
 255 UTF-8 bytes (AMQP short string); anything else raises `ValueError`.
+
+Reconnection: every endpoint takes `retry=` (a `RetryPolicy`, default
+`RetryPolicy()`: 30 s). The first connection is tried once, so a wrong
+address or password fails at once. When a working connection is lost, the
+endpoint reconnects with bounded, jittered backoff, declares its exchanges
+or queues again, resubscribes, and carries on; if the broker stays away past
+the deadline, the call raises `BrokerConnectionError` (the next call tries
+again). Duplicates come from three places, all in work-queue mode: messages
+a subscriber had received but not acked when the connection dropped are
+redelivered; messages a publisher sent whose confirm was lost are sent
+again; and acks the broker had not yet written when it crashed. Drop them by
+event id (see docs/shims/rabbitmq.md). A fan-out subscriber's queue vanishes
+with its connection: what is published while it is away is missed, and it
+logs a warning when it reconnects.
 
 Delivery notes:
 
 - `close()` does not ack the last message handed over: in work-queue mode it,
   and every prefetched message not yet handed over, is redelivered to another
   subscriber (`redelivered` flag set). Processing is at-least-once.
-- Messages larger than `max_message_size` (default 128 MiB, RabbitMQ's
-  default, which caps it at 512 MiB) raise `ValueError` before anything is
-  sent; the broker would otherwise close the channel.
-- Publisher confirms are off by default: `send` writes the message to the
-  socket and returns, with no round trip. With `confirm=True` the sync
-  publisher waits for each message's confirm inside `send` (pika's blocking
-  channel has no pipelined confirms); the async publisher pipelines them and
-  `flush()` waits for every outstanding confirm.
+- Messages larger than `max_message_size` raise `ValueError` before anything
+  is sent; the broker would otherwise close the channel.
+- Confirms are pipelined: `send` does not wait for them. The publisher keeps
+  unconfirmed messages (at most 8192 or 64 MiB; `send` waits beyond that),
+  `flush()` and `close()` wait for all of them, and after a reconnect the
+  unconfirmed ones are sent again. A message the broker nacks (a full queue
+  with ``x-overflow=reject-publish``) is sent again with backoff; still
+  refused after the retry deadline, it raises `BufferFullError` (it is kept
+  and tried again on the next `send` or `flush`).
 - pika's `BlockingConnection` services heartbeats only inside `send`,
   `flush` and `receive`. Holding a message longer than about twice the
   heartbeat (60 s on a default server) between receives lets the broker drop
-  the connection: the next call raises `BrokerConnectionError` and the
-  unacked messages are redelivered. Set `heartbeat` in the parameters (or URL)
-  for long-running work.
+  the connection; the subscriber reconnects on its next call and the unacked
+  messages are redelivered. Set `heartbeat` in the parameters (or URL) for
+  long-running work.
 - The sync classes are not thread-safe, except `Subscriber.close()`, which may
   be called from any thread: it only sets a flag, and the receiving thread
   (which polls in 0.1 s slices) closes the connection.
@@ -61,9 +81,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator
+from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -77,6 +100,8 @@ from urllib.parse import urlsplit
 
 try:
     import pika
+    import pika.adapters.asyncio_connection
+    import pika.adapters.utils.connection_workflow
     import pika.exceptions
 except ImportError as e:  # pragma: no cover - exercised by the extras test
     from proxystore_stream.exceptions import require
@@ -93,8 +118,12 @@ except ImportError as e:  # pragma: no cover - exercised by the extras test
 
 from proxystore_stream._offload import SLICE_SECONDS
 from proxystore_stream.exceptions import BrokerConnectionError
+from proxystore_stream.exceptions import BufferFullError
+from proxystore_stream.exceptions import PublisherClosedError
+from proxystore_stream.exceptions import StreamError
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
+from proxystore_stream.retry import RetryPolicy
 from proxystore_stream.shims._errors import ErrorMap
 from proxystore_stream.shims._errors import map_errors
 
@@ -109,12 +138,29 @@ __all__ = [
     "RabbitMQSubscriber",
 ]
 
+logger = logging.getLogger(__name__)
+
 Mode = Literal["fanout", "queue"]
 """The two ways topics map to broker objects (see the module docstring)."""
 
 DEFAULT_PREFIX = "pss."
 DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 DEFAULT_PREFETCH = 100
+
+# Unconfirmed messages a publisher keeps before send waits for confirms, then
+# down to half. Persistent messages are confirmed after the broker's fsync
+# (group commits, up to a few hundred ms), so the window must hold that long a
+# burst: 1024 messages capped a 100 B stream at about half its rate here.
+_CONFIRM_WINDOW = 8192
+_CONFIRM_WINDOW_BYTES = 64 * 1024 * 1024
+# A broker that confirms nothing for this long (or the retry deadline, if
+# longer) while messages wait is treated as gone: blocked by a resource
+# alarm, or wedged.
+_CONFIRM_TIMEOUT = 30.0
+# The async publisher lets the event loop run (pika writes and reads only
+# then) after this many messages or bytes handed to pika.
+_YIELD_MESSAGES = 64
+_YIELD_BYTES = 256 * 1024
 
 # Applied where the caller built no pika parameters (host/port or a URL that
 # does not set them): a dead or blocked broker fails in seconds, not never.
@@ -130,10 +176,14 @@ _PIKA_ERRORS: ErrorMap = {
     pika.exceptions.AMQPError: BrokerConnectionError,
     # pika raises these plain errors when the socket is already gone.
     ConnectionError: BrokerConnectionError,
+    OSError: BrokerConnectionError,
+    pika.adapters.utils.connection_workflow.AMQPConnectorException: BrokerConnectionError,
 }
 _AIO_ERRORS: ErrorMap = {
     aiormq.exceptions.AMQPError: BrokerConnectionError,
     ConnectionError: BrokerConnectionError,
+    # aiormq's "channel closed" error is a RuntimeError.
+    aiormq.exceptions.ChannelInvalidStateError: BrokerConnectionError,
 }
 # Only around connecting: a connect timeout or refused socket means unreachable.
 _AIO_CONNECT_ERRORS: ErrorMap = {
@@ -141,6 +191,24 @@ _AIO_CONNECT_ERRORS: ErrorMap = {
     OSError: BrokerConnectionError,
     TimeoutError: BrokerConnectionError,
 }
+
+# Errors that no reconnect cures: the broker refused us, or we closed.
+_PIKA_FATAL: tuple[type[BaseException], ...] = (
+    pika.exceptions.AuthenticationError,
+    pika.exceptions.ProbableAuthenticationError,
+    pika.exceptions.ProbableAccessDeniedError,
+    pika.exceptions.IncompatibleProtocolError,
+    pika.exceptions.ConnectionClosedByClient,
+)
+_AIO_FATAL: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AuthenticationError,
+    aiormq.exceptions.ProbableAuthenticationError,
+    aiormq.exceptions.IncompatibleProtocolError,
+    aiormq.exceptions.ConnectionNotAllowed,
+)
+# Connection.Close reply codes that mean "not you" rather than "not now":
+# ACCESS_REFUSED, NOT_ALLOWED (e.g. no such vhost).
+_FATAL_CODES = frozenset({403, 530})
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -158,6 +226,22 @@ def _check_prefix(prefix: str) -> str:
     if prefix.startswith("amq."):
         raise ValueError(f"prefix {prefix!r} must not start with 'amq.' (reserved)")
     return prefix
+
+
+def _check_confirm(confirm: bool | None, mode: Mode) -> bool:
+    if confirm is None:
+        return mode == "queue"
+    if not isinstance(confirm, bool):
+        raise TypeError(f"confirm must be a bool or None, not {type(confirm).__name__}")
+    return confirm
+
+
+def _check_retry(retry: RetryPolicy | None) -> RetryPolicy:
+    if retry is None:
+        return RetryPolicy()
+    if not isinstance(retry, RetryPolicy):
+        raise TypeError(f"retry must be a RetryPolicy or None, not {type(retry).__name__}")
+    return retry
 
 
 def _name(prefix: str, topic: str, parameter: str = "topic") -> str:
@@ -215,8 +299,7 @@ def _parameters(
     if parameters is not None:
         if not isinstance(parameters, pika.connection.Parameters):
             raise TypeError(
-                "parameters must be a pika.ConnectionParameters, not "
-                f"{type(parameters).__name__}",
+                f"parameters must be a pika.ConnectionParameters, not {type(parameters).__name__}",
             )
         return parameters  # the caller owns every setting, timeouts included
     if url is not None:
@@ -276,18 +359,188 @@ def _queue_arguments(arguments: Mapping[str, Any] | None) -> dict[str, Any] | No
     return dict(arguments) if arguments else None
 
 
+def _unwrap_pika(exc: BaseException) -> BaseException:
+    """Return the error of the last attempt inside a failed pika connection workflow.
+
+    pika's async adapters report a failed connect as a workflow error holding
+    one error per attempt; its BlockingConnection unwraps it the same way.
+    """
+    workflow = pika.adapters.utils.connection_workflow
+    if isinstance(exc, workflow.AMQPConnectionWorkflowFailed) and exc.exceptions:
+        exc = exc.exceptions[-1]
+    if isinstance(exc, workflow.AMQPConnectorSocketConnectError):
+        unwrapped: BaseException = pika.exceptions.AMQPConnectionError(exc)
+        return unwrapped
+    if isinstance(exc, workflow.AMQPConnectorPhaseErrorBase):
+        unwrapped = exc.exception
+        return unwrapped
+    return exc
+
+
+def _pika_lost(exc: BaseException) -> bool:
+    """Whether a pika error means "the connection went away" (reconnecting may help)."""
+    if isinstance(exc, (StreamError, *_PIKA_FATAL)):
+        return False
+    if isinstance(exc, pika.exceptions.ConnectionClosedByBroker):
+        return exc.reply_code not in _FATAL_CODES
+    return isinstance(
+        exc,
+        pika.exceptions.AMQPConnectionError
+        | OSError
+        | pika.adapters.utils.connection_workflow.AMQPConnectorException,
+    )
+
+
+def _aio_lost(exc: BaseException) -> bool:
+    """Whether an aio-pika/aiormq error means the connection went away."""
+    if isinstance(exc, (StreamError, *_AIO_FATAL)):
+        return False
+    if isinstance(exc, aiormq.exceptions.ConnectionClosed):
+        return getattr(exc, "code", None) not in _FATAL_CODES
+    return isinstance(
+        exc,
+        aiormq.exceptions.AMQPConnectionError
+        | aiormq.exceptions.ChannelInvalidStateError
+        | OSError,
+    )
+
+
+class _LinkLost(Exception):
+    """Internal: an attempt to reconnect failed in a way worth retrying."""
+
+
+def _why(exc: BaseException) -> str:
+    # pika's str() of a connection error is often empty; its repr is not.
+    return f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)
+
+
+def _lost_error(cause: BaseException | None, broker: str) -> BrokerConnectionError:
+    detail = "" if cause is None else f": {_why(cause)}"
+    return BrokerConnectionError(f"Connection to RabbitMQ was lost{detail}", broker=broker)
+
+
+class _Unconfirmed:
+    """Published messages the broker has not confirmed yet, by publish number.
+
+    AMQP numbers the publishes of a channel in confirm mode 1, 2, 3, ...; the
+    broker's Basic.Ack/Nack name a number and whether it covers every lower
+    one too. `take_all()` hands back what must be published again on a new
+    channel, whose numbering starts over.
+    """
+
+    __slots__ = ("_items", "_seq", "nacked", "size")
+
+    def __init__(self) -> None:
+        self._items: collections.OrderedDict[int, tuple[str, bytes]] = collections.OrderedDict()
+        self._seq = 0
+        self.size = 0
+        self.nacked: list[tuple[str, bytes]] = []
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, name: str, body: bytes) -> None:
+        """Record the next publish on the channel."""
+        self._seq += 1
+        self._items[self._seq] = (name, body)
+        self.size += len(body)
+
+    def settle(self, tag: int, *, multiple: bool, ok: bool) -> int:
+        """Apply a Basic.Ack (`ok`) or Basic.Nack; return how many it settled."""
+        items = self._items
+        settled: list[tuple[str, bytes]] = []
+        if multiple:
+            while items:
+                first = next(iter(items))
+                if first > tag:
+                    break
+                settled.append(items.pop(first))
+        else:
+            entry = items.pop(tag, None)
+            if entry is not None:
+                settled.append(entry)
+        for entry in settled:
+            self.size -= len(entry[1])
+        if not ok:
+            self.nacked.extend(settled)
+        return len(settled)
+
+    def over(self, count: int, size: int) -> bool:
+        """Whether more than `count` messages or `size` bytes wait (or any was nacked)."""
+        return len(self._items) > count or self.size > size or bool(self.nacked)
+
+    def take_nacked(self) -> list[tuple[str, bytes]]:
+        """Remove and return the nacked messages, to publish again."""
+        nacked, self.nacked = self.nacked, []
+        return nacked
+
+    def put_back(self, entries: list[tuple[str, bytes]]) -> None:
+        """Keep `entries` (taken, but not published again) for the next `take_all`."""
+        self.nacked.extend(entries)
+
+    def take_all(self) -> list[tuple[str, bytes]]:
+        """Remove and return every unsettled message; numbering starts over.
+
+        Unconfirmed ones come first, in publish order, then nacked ones.
+        """
+        entries = list(self._items.values()) + self.take_nacked()
+        self._items.clear()
+        self._seq = 0
+        self.size = 0
+        return entries
+
+
+class _NackBackoff:
+    """Delays between re-sends of nacked messages, and when to give up."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._policy = policy
+        self._since: float | None = None
+        self._delays: Iterator[float] = iter(())
+
+    def reset(self) -> None:
+        """The broker accepted messages again: start afresh next time."""
+        self._since = None
+
+    def next_delay(self, count: int, now: float) -> float:
+        """Return the delay before sending `count` nacked messages again.
+
+        Raises:
+            BufferFullError: If the broker has refused them past the deadline.
+        """
+        if self._since is None:
+            self._since = now
+            self._delays = self._policy.delays()
+        elif now - self._since >= self._policy.deadline:
+            since, self._since = self._since, None  # the next call starts afresh
+            raise BufferFullError(
+                f"RabbitMQ refused (nacked) {count} message(s) for "
+                f"{now - since:.1f} s: a queue with x-overflow=reject-publish "
+                "is full, or the broker could not store them. They are kept "
+                "and sent again on the next send or flush.",
+            )
+        return next(self._delays)
+
+
 # ------------------------------------------------------------------ sync twins
 
 
 def _connect(params: Any) -> Any:
+    """Open a BlockingConnection, translating failure (the first connect: no retry)."""
     try:
         return pika.BlockingConnection(params)
     except (pika.exceptions.AMQPError, OSError) as exc:
-        # pika's str() of a failed connect is often empty; its repr is not.
         raise BrokerConnectionError(
-            f"Cannot connect to RabbitMQ: {exc!r}",
+            f"Cannot connect to RabbitMQ: {_why(exc)}",
             broker=_describe(params),
         ) from exc
+
+
+def _close_quietly(connection: Any) -> None:
+    if connection is not None and connection.is_open:
+        # A lost connection is already gone; closing must not raise.
+        with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+            connection.close()
 
 
 class RabbitMQPublisher:
@@ -302,11 +555,16 @@ class RabbitMQPublisher:
         port: Broker port likewise (default 5672).
         mode: ``"fanout"`` or ``"queue"``; must match the subscribers'.
         prefix: Prepended to topics to name exchanges/queues.
-        confirm: Wait for the broker's confirm of each message in `send`.
+        confirm: Use publisher confirms: keep each message until the broker
+            confirms it, send unconfirmed ones again after a reconnect, and
+            make `flush()` wait for all confirms. Default: on in work-queue
+            mode, off in fan-out mode.
         max_message_size: Larger messages raise `ValueError` (set it to the
             server's `max_message_size` if that was changed).
         queue_arguments: Extra `x-` arguments of work queues (e.g.
             ``{"x-expires": 60000}``); subscribers must pass the same.
+        retry: How long and how often to reconnect after the connection is
+            lost (default `RetryPolicy()`; `NO_RETRY` fails at once).
 
     Raises:
         BrokerConnectionError: If the broker cannot be reached.
@@ -327,98 +585,276 @@ class RabbitMQPublisher:
         port: int | None = None,
         mode: Mode = "fanout",
         prefix: str = DEFAULT_PREFIX,
-        confirm: bool = False,
+        confirm: bool | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         queue_arguments: Mapping[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._mode = _check_mode(mode)
         self._prefix = _check_prefix(prefix)
+        self._confirm = _check_confirm(confirm, self._mode)
         self._max_size = _check_count(max_message_size, "max_message_size")
         self._arguments = _queue_arguments(queue_arguments)
+        self._retry = _check_retry(retry)
         self._params = _parameters(parameters, url, host, port)
         self._broker = _describe(self._params)
-        self._persistent = pika.BasicProperties(delivery_mode=2)
-        self._declared: set[str] = set()
+        self._properties = pika.BasicProperties(delivery_mode=2) if self._mode == "queue" else None
+        # Insertion-ordered set of the names declared so far, to declare again
+        # on a new connection.
+        self._declared: dict[str, None] = {}
+        self._unconfirmed = _Unconfirmed()
+        self._nacks = _NackBackoff(self._retry)
+        self._confirm_timeout = max(self._retry.deadline, _CONFIRM_TIMEOUT)
         self._closed = False
-        self._connection = _connect(self._params)
-        with map_errors(_PIKA_ERRORS, broker=self._broker):
-            self._channel = self._connection.channel()
-            if confirm:
-                self._channel.confirm_delivery()
+        self._connection: Any = None
+        self._channel: Any = None
+        try:
+            with map_errors(_PIKA_ERRORS, broker=self._broker):
+                self._open(_connect(self._params))
+        except BaseException:
+            _close_quietly(self._connection)
+            raise
+
+    def _open(self, connection: Any) -> None:
+        """Take `connection`, open the channel and declare the known names (pika errors pass)."""
+        self._connection = connection
+        self._channel = channel = connection.channel()
+        connection.add_on_connection_blocked_callback(self._on_blocked)
+        connection.add_on_connection_unblocked_callback(self._on_unblocked)
+        if self._confirm:
+            # BlockingChannel.confirm_delivery() would make basic_publish wait
+            # for each message's confirm: a round trip per message. The
+            # underlying channel takes a callback instead, which pika runs
+            # while it does I/O (in basic_publish and process_data_events), so
+            # confirms are pipelined. Select goes out without waiting for
+            # Select-Ok: the channel keeps the order of what follows.
+            channel._impl.confirm_delivery(
+                ack_nack_callback=functools.partial(self._on_confirm, channel),
+            )
+        for name in self._declared:
+            self._declare(name)
 
     def _declare(self, name: str) -> None:
         if self._mode == "fanout":
             self._channel.exchange_declare(name, exchange_type="fanout")
         else:
             self._channel.queue_declare(name, durable=True, arguments=self._arguments)
-        self._declared.add(name)
+        self._declared[name] = None
+
+    def _on_confirm(self, channel: Any, frame: Any) -> None:
+        if channel is not self._channel:  # pragma: no cover - a dead channel's late frame
+            return
+        method = frame.method
+        ok = isinstance(method, pika.spec.Basic.Ack)
+        self._unconfirmed.settle(method.delivery_tag, multiple=method.multiple, ok=ok)
+        if ok and not self._unconfirmed.nacked:
+            self._nacks.reset()
+
+    def _on_blocked(self, connection: Any, frame: Any) -> None:
+        logger.warning(
+            "%s blocked this publisher (%s): sends wait until it unblocks, "
+            "or fail after blocked_connection_timeout",
+            self._broker,
+            getattr(frame.method, "reason", "resource alarm"),
+        )
+
+    def _on_unblocked(self, connection: Any, frame: Any) -> None:
+        logger.info("%s unblocked this publisher", self._broker)
+
+    def _publish(self, name: str, body: bytes) -> None:
+        # Recorded first: if anything below fails, the channel is gone, and
+        # the message is sent again on the next one (numbering starts over).
+        if self._confirm:
+            self._unconfirmed.add(name, body)
+        if name not in self._declared:
+            self._declare(name)
+        if self._mode == "fanout":
+            self._channel.basic_publish(name, "", body)
+        else:
+            self._channel.basic_publish("", name, body, self._properties)
 
     def send(self, topic: str, message: bytes) -> None:
         """Publish `message` to `topic`.
 
-        The exchange or queue of a topic is declared on its first send.
+        The exchange or queue of a topic is declared on its first send. With
+        confirms, `send` returns once the message is written (the confirm
+        comes later) and waits only when too many are unconfirmed.
 
         Raises:
             ValueError: If the topic name or message size is invalid.
-            BrokerConnectionError: If the connection or channel is lost.
+            PublisherClosedError: If the publisher is closed.
+            BrokerConnectionError: If the connection is lost and cannot be
+                restored within the retry deadline, or the broker closed
+                the channel (the message names its reason).
+            BufferFullError: If the broker keeps refusing (nacking) messages
+                past the retry deadline; they are kept and sent again later.
         """
         name = _name(self._prefix, topic)
         _check_message(message, self._max_size)
         if self._closed:
-            raise BrokerConnectionError(
-                "RabbitMQPublisher is closed",
-                broker=self._broker,
-            )
-        self._check_channel()
-        with map_errors(_PIKA_ERRORS, broker=self._broker):
-            if name not in self._declared:
-                self._declare(name)
-            if self._mode == "fanout":
-                self._channel.basic_publish(name, "", message)
-            else:
-                self._channel.basic_publish("", name, message, self._persistent)
+            raise PublisherClosedError("RabbitMQPublisher is closed")
+        body = bytes(message)
+        self._ensure_link()
+        try:
+            self._check_channel()
+        except Exception as exc:
+            self._recover_or_raise(exc)
+        try:
+            self._publish(name, body)
+        except Exception as exc:
+            self._recover_or_raise(exc)
+            if not self._confirm:
+                # Nothing else remembers it: send it on the new connection.
+                with map_errors(_PIKA_ERRORS, broker=self._broker):
+                    self._publish(name, body)
+        if self._confirm and self._unconfirmed.over(_CONFIRM_WINDOW, _CONFIRM_WINDOW_BYTES):
+            self._wait_confirms(_CONFIRM_WINDOW // 2, _CONFIRM_WINDOW_BYTES // 2)
 
     def flush(self) -> None:
-        """Service the connection and surface any error the broker reported.
+        """Service the connection and wait for every outstanding confirm.
 
-        Messages are written to the socket inside `send` (with `confirm=True`
-        they are also confirmed there), so nothing is left to push; this
-        processes pending events (heartbeats, a channel closed by the broker).
+        Without confirms, messages are written to the socket inside `send`,
+        so this only processes pending events (heartbeats, a channel closed
+        by the broker).
 
         Raises:
-            BrokerConnectionError: If the connection or channel was lost.
+            BrokerConnectionError: If the connection is lost and cannot be
+                restored within the retry deadline, the broker closed the
+                channel, or it confirmed nothing for 30 s (or the deadline).
+            BufferFullError: See `send`.
         """
         if self._closed:
             return
-        with map_errors(_PIKA_ERRORS, broker=self._broker):
+        self._ensure_link()
+        try:
             self._connection.process_data_events(time_limit=0)
-        self._check_channel()
+            self._check_channel()
+        except Exception as exc:
+            self._recover_or_raise(exc)
+        if self._confirm:
+            self._wait_confirms(0, 0)
+
+    def _wait_confirms(self, count: int, size: int) -> None:
+        """Process events until at most `count` messages and `size` bytes are unconfirmed."""
+        unconfirmed = self._unconfirmed
+        waiting = len(unconfirmed)
+        give_up = time.monotonic() + self._confirm_timeout
+        while unconfirmed.over(count, size):
+            if unconfirmed.nacked:
+                self._resend_nacked()
+            if len(unconfirmed) < waiting:
+                waiting = len(unconfirmed)
+                give_up = time.monotonic() + self._confirm_timeout
+            elif time.monotonic() >= give_up:
+                raise BrokerConnectionError(
+                    f"RabbitMQ confirmed none of {waiting} message(s) in "
+                    f"{self._confirm_timeout:.0f} s (blocked by a memory or disk "
+                    "alarm?); they are kept and sent again after a reconnect",
+                    broker=self._broker,
+                )
+            try:
+                self._connection.process_data_events(time_limit=SLICE_SECONDS)
+                self._check_channel()
+            except Exception as exc:
+                self._recover_or_raise(exc)
+                give_up = time.monotonic() + self._confirm_timeout
+
+    def _resend_nacked(self) -> None:
+        time.sleep(self._nacks.next_delay(len(self._unconfirmed.nacked), time.monotonic()))
+        self._publish_again(self._unconfirmed.take_nacked())
+
+    def _publish_again(self, entries: list[tuple[str, bytes]]) -> None:
+        """Publish `entries`; on failure keep the rest for the next channel."""
+        for index, (name, body) in enumerate(entries):
+            try:
+                self._publish(name, body)
+            except Exception as exc:
+                self._unconfirmed.put_back(entries[index + 1 :])
+                self._recover_or_raise(exc)
+                return
 
     def _check_channel(self) -> None:
         # The broker closes the channel asynchronously (e.g. a message over its
         # max_message_size); pika then only says "Channel is closed", so name
         # the broker's reason, which pika keeps on the channel.
-        if self._channel.is_closed:
+        if self._channel.is_closed and self._connection.is_open:
             reason = getattr(self._channel, "_closing_reason", None)
             raise BrokerConnectionError(
                 f"RabbitMQ closed the channel: {reason!r}",
                 broker=self._broker,
             )
+        if not self._connection.is_open:
+            raise pika.exceptions.StreamLostError("connection closed")
+
+    def _ensure_link(self) -> None:
+        # None after a reconnect that gave up: try again now.
+        if self._connection is None:
+            self._recover(None)
+
+    def _recover_or_raise(self, exc: Exception) -> None:
+        if not _pika_lost(exc):
+            with map_errors(_PIKA_ERRORS, broker=self._broker):
+                raise exc
+        self._recover(exc)
+
+    def _recover(self, cause: BaseException | None) -> None:
+        """Reconnect, declare again and re-send the unconfirmed messages.
+
+        Raises:
+            BrokerConnectionError: If the broker stays away past the deadline.
+        """
+        _close_quietly(self._connection)
+        self._connection = self._channel = None
+        if self._retry.deadline <= 0:
+            raise _lost_error(cause, self._broker) from cause
+        if cause is not None:
+            logger.warning("%s: connection lost (%s); reconnecting", self._broker, _why(cause))
+        resent = self._retry.call(self._reconnect, retry_on=(_LinkLost,), broker=self._broker)
+        logger.warning(
+            "%s: publisher reconnected; sent %d unconfirmed message(s) again",
+            self._broker,
+            resent,
+        )
+
+    def _reconnect(self) -> int:
+        if self._closed:
+            raise PublisherClosedError("RabbitMQPublisher is closed")
+        _close_quietly(self._connection)
+        self._connection = self._channel = None
+        entries: list[tuple[str, bytes]] = []
+        done = 0
+        try:
+            self._open(pika.BlockingConnection(self._params))
+            entries = self._unconfirmed.take_all()
+            for name, body in entries:
+                self._publish(name, body)
+                done += 1
+        except Exception as exc:
+            # _publish recorded those it got to; keep the others too.
+            self._unconfirmed.put_back(entries[done + 1 :] if self._confirm else [])
+            if _pika_lost(exc):
+                raise _LinkLost(_why(exc)) from exc
+            with map_errors(_PIKA_ERRORS, broker=self._broker):
+                raise
+        return len(entries)
 
     def open(self) -> None:
         """Do nothing: the constructor already connected (parity with the async twin)."""
 
     def close(self) -> None:
-        """Flush and close the connection (idempotent)."""
+        """Flush (wait for confirms) and close the connection (idempotent).
+
+        Raises:
+            BrokerConnectionError: If the flush failed; the connection is
+                closed anyway and unconfirmed messages may be lost.
+        """
         if self._closed:
             return
         try:
             self.flush()
         finally:
             self._closed = True
-            if self._connection.is_open:
-                with map_errors(_PIKA_ERRORS, broker=self._broker):
-                    self._connection.close()
+            _close_quietly(self._connection)
 
     def __enter__(self) -> Self:
         return self
@@ -448,6 +884,8 @@ class RabbitMQSubscriber:
             whose messages are auto-acked.
         queue_arguments: Extra `x-` arguments of work queues, as given to
             the publisher.
+        retry: How long and how often to reconnect after the connection is
+            lost (default `RetryPolicy()`; `NO_RETRY` fails at once).
 
     Raises:
         BrokerConnectionError: If the broker cannot be reached.
@@ -468,12 +906,14 @@ class RabbitMQSubscriber:
         prefix: str = DEFAULT_PREFIX,
         prefetch: int = DEFAULT_PREFETCH,
         queue_arguments: Mapping[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._mode = _check_mode(mode)
         prefix = _check_prefix(prefix)
-        names = [_name(prefix, t, "topics") for t in _check_topics(topics)]
-        prefetch = _check_count(prefetch, "prefetch")
-        arguments = _queue_arguments(queue_arguments)
+        self._names = [_name(prefix, t, "topics") for t in _check_topics(topics)]
+        self._prefetch = _check_count(prefetch, "prefetch")
+        self._arguments = _queue_arguments(queue_arguments)
+        self._retry = _check_retry(retry)
         self._params = _parameters(parameters, url, host, port)
         self._broker = _describe(self._params)
         self._buffer: collections.deque[tuple[int, bytes]] = collections.deque()
@@ -483,33 +923,30 @@ class RabbitMQSubscriber:
         # Held by the thread inside receive(); close() from another thread
         # then leaves the connection to that thread (pika is not thread-safe).
         self._busy = threading.Lock()
-        self._connection = _connect(self._params)
+        self._connection: Any = None
+        self._channel: Any = None
         try:
             with map_errors(_PIKA_ERRORS, broker=self._broker):
-                self._channel = self._connection.channel()
-                self._subscribe(names, prefetch, arguments)
+                self._open(_connect(self._params))
         except BaseException:
             self._teardown()
             raise
 
-    def _subscribe(
-        self,
-        names: list[str],
-        prefetch: int,
-        arguments: dict[str, Any] | None,
-    ) -> None:
-        channel = self._channel
+    def _open(self, connection: Any) -> None:
+        """Take `connection`, open a channel and subscribe (pika errors pass)."""
+        self._connection = connection
+        self._channel = channel = connection.channel()
         if self._mode == "fanout":
             queue = channel.queue_declare("", exclusive=True, auto_delete=True)
             queue_name = queue.method.queue
-            for name in names:
+            for name in self._names:
                 channel.exchange_declare(name, exchange_type="fanout")
                 channel.queue_bind(queue_name, name)
             channel.basic_consume(queue_name, self._on_message, auto_ack=True)
             return
-        channel.basic_qos(prefetch_count=prefetch)
-        for name in names:
-            channel.queue_declare(name, durable=True, arguments=arguments)
+        channel.basic_qos(prefetch_count=self._prefetch)
+        for name in self._names:
+            channel.queue_declare(name, durable=True, arguments=self._arguments)
             channel.basic_consume(name, self._on_message, auto_ack=False)
 
     def _on_message(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
@@ -526,6 +963,10 @@ class RabbitMQSubscriber:
     def receive(self, timeout: float | None = None) -> bytes:
         """Return the next message, acking the previous one (work queue).
 
+        A lost connection is restored (see the module docstring) while
+        receive waits; the wait may then exceed `timeout` by the time the
+        reconnect takes.
+
         Args:
             timeout: Seconds to wait at most; None waits until a message
                 arrives or the subscriber is closed.
@@ -533,7 +974,8 @@ class RabbitMQSubscriber:
         Raises:
             StreamTimeoutError: If no message arrived within `timeout`.
             SubscriberClosedError: If the subscriber is (or gets) closed.
-            BrokerConnectionError: If the connection was lost.
+            BrokerConnectionError: If the connection was lost and could not
+                be restored within the retry deadline.
         """
         with self._busy:
             try:
@@ -544,9 +986,11 @@ class RabbitMQSubscriber:
 
     def _receive(self, timeout: float | None) -> bytes:
         deadline = None if timeout is None else time.monotonic() + timeout
-        with map_errors(_PIKA_ERRORS, broker=self._broker):
-            self._ack_handed()
-            while not self._closed:
+        while not self._closed:
+            try:
+                if self._connection is None:
+                    self._recover(None)
+                self._ack_handed()
                 if self._buffer:
                     tag, body = self._buffer.popleft()
                     if self._mode == "queue":
@@ -557,12 +1001,14 @@ class RabbitMQSubscriber:
                     wait = max(0.0, min(wait, deadline - time.monotonic()))
                 # Returns early once a message arrived; also services heartbeats.
                 self._connection.process_data_events(time_limit=wait)
-                if (
-                    not self._buffer
-                    and deadline is not None
-                    and time.monotonic() >= deadline
-                ):
-                    raise StreamTimeoutError(f"No message within {timeout} s")
+            except Exception as exc:
+                if not _pika_lost(exc):
+                    with map_errors(_PIKA_ERRORS, broker=self._broker):
+                        raise
+                self._recover(exc)
+                continue
+            if not self._buffer and deadline is not None and time.monotonic() >= deadline:
+                raise StreamTimeoutError(f"No message within {timeout} s")
         raise SubscriberClosedError("RabbitMQSubscriber is closed")
 
     def _ack_handed(self) -> None:
@@ -572,18 +1018,70 @@ class RabbitMQSubscriber:
             # "multiple" covers exactly the messages handed over.
             self._channel.basic_ack(delivery_tag=tag, multiple=True)
 
+    def _drop(self) -> None:
+        """Forget the connection; the broker redelivers its unacked messages."""
+        _close_quietly(self._connection)
+        self._connection = self._channel = None
+        self._buffer.clear()
+        self._last_tag = None
+
+    def _recover(self, cause: BaseException | None) -> None:
+        """Reconnect and subscribe again.
+
+        Raises:
+            BrokerConnectionError: If the broker stays away past the deadline.
+            SubscriberClosedError: If the subscriber is closed meanwhile.
+        """
+        self._drop()
+        if self._retry.deadline <= 0:
+            raise _lost_error(cause, self._broker) from cause
+        if cause is not None:
+            logger.warning("%s: connection lost (%s); reconnecting", self._broker, _why(cause))
+        self._retry.call(self._reconnect, retry_on=(_LinkLost,), broker=self._broker)
+        if self._mode == "fanout":
+            logger.warning(
+                "%s: fan-out subscriber reconnected; messages published to %s "
+                "while it was disconnected were missed (its queue was deleted "
+                "with the connection)",
+                self._broker,
+                ", ".join(self._names),
+            )
+        else:
+            logger.warning("%s: subscriber reconnected", self._broker)
+
+    def _reconnect(self) -> None:
+        if self._closed:
+            raise SubscriberClosedError("RabbitMQSubscriber is closed")
+        self._drop()
+        try:
+            self._open(pika.BlockingConnection(self._params))
+        except Exception as exc:
+            if _pika_lost(exc):
+                raise _LinkLost(_why(exc)) from exc
+            with map_errors(_PIKA_ERRORS, broker=self._broker):
+                raise
+
     def ack(self) -> None:
         """Acknowledge every message handed over so far (work queue; no-op in fan-out).
 
+        If the connection was lost, there is nothing to ack on: the broker
+        redelivers those messages, and the next receive reconnects.
+
         Raises:
             SubscriberClosedError: If the subscriber is closed.
-            BrokerConnectionError: If the connection was lost.
         """
         with self._busy:
             if self._closed:
                 raise SubscriberClosedError("RabbitMQSubscriber is closed")
-            with map_errors(_PIKA_ERRORS, broker=self._broker):
+            if self._connection is None:
+                return
+            try:
                 self._ack_handed()
+            except Exception as exc:
+                if not _pika_lost(exc):
+                    with map_errors(_PIKA_ERRORS, broker=self._broker):
+                        raise
+                self._drop()
 
     def open(self) -> None:
         """Do nothing: the constructor already subscribed (parity with the async twin)."""
@@ -594,7 +1092,9 @@ class RabbitMQSubscriber:
         The last message handed over is not acked: in work-queue mode it is
         redelivered, like every prefetched message not handed over yet. A
         receive blocked in another thread raises `SubscriberClosedError`
-        (iteration ends) within 0.1 s and closes the connection itself.
+        (iteration ends) within 0.1 s (within the current backoff delay, at
+        most the policy's `maximum`, while reconnecting) and closes the
+        connection itself.
         """
         self._closed = True
         if self._busy.acquire(blocking=False):
@@ -608,10 +1108,7 @@ class RabbitMQSubscriber:
             return
         self._torn_down = True
         self._buffer.clear()
-        if self._connection.is_open:
-            # A lost connection is already gone; closing must not raise.
-            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
-                self._connection.close()
+        _close_quietly(self._connection)
 
     def __enter__(self) -> Self:
         return self
@@ -628,31 +1125,70 @@ class RabbitMQSubscriber:
 # ----------------------------------------------------------------- async twins
 
 
-async def _aio_connect(params: Any) -> aio_pika.abc.AbstractConnection:
-    with map_errors(_AIO_CONNECT_ERRORS, broker=_describe(params)):
-        connection: aio_pika.abc.AbstractConnection = await aio_pika.connect(
-            **_aio_connect_kwargs(params),
+class _AsyncLink:
+    """One pika `AsyncioConnection` and channel, with awaitable RPCs.
+
+    pika's asyncio adapter is callback based: each RPC takes a completion
+    callback. `call` turns one into an awaitable that also ends, with the
+    error, if the connection or channel is lost first (else it would wait
+    forever).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.loop = loop
+        self.timeout = timeout
+        self.connection: Any = None
+        self.channel: Any = None
+        # Holds the error (as its result) once the connection or channel is gone.
+        self.lost: asyncio.Future[BaseException] = loop.create_future()
+
+    def lose(self, exc: BaseException) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    async def call(self, start: Callable[[Callable[[Any], None]], object]) -> Any:
+        done: asyncio.Future[Any] = self.loop.create_future()
+
+        def finish(result: Any) -> None:
+            if not done.done():
+                done.set_result(result)
+
+        start(finish)
+        await asyncio.wait(
+            (done, self.lost), timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED
         )
-    return connection
+        if done.done():
+            return done.result()
+        if self.lost.done():
+            raise self.lost.result()
+        raise TimeoutError(f"RabbitMQ did not answer within {self.timeout} s")
 
-
-# Outstanding confirms the async publisher lets build up before send waits.
-_CONFIRM_WINDOW = 1024
+    async def close(self) -> None:
+        """Close the connection (quietly) and wait, bounded, until pika reports it closed."""
+        connection = self.connection
+        if connection is not None and not (connection.is_closed or connection.is_closing):
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                connection.close()
+        if connection is not None and not connection.is_closed:
+            await asyncio.wait((self.lost,), timeout=self.timeout)
 
 
 class AsyncRabbitMQPublisher:
-    """Async twin of `RabbitMQPublisher` (aio-pika); same arguments.
+    """Async twin of `RabbitMQPublisher`; same arguments.
+
+    Built on pika's asyncio adapter (`AsyncioConnection`), whose publish
+    writes a frame and takes confirms as callbacks: confirms pipeline with no
+    future or task per message. (aio-pika awaits each publish's socket drain
+    or confirm; see docs/shims/rabbitmq.md for the measurements.) Confirms
+    are always on, also in fan-out mode where `confirm=False` only means
+    "keep nothing to send again": they bound the data in flight, because
+    pika's asyncio writes are otherwise unbounded.
 
     Construct it, then ``await publisher.open()`` (or ``async with``) to
     connect; a first `send` opens it otherwise.
-    With `confirm=True`, confirms are pipelined (up to 1024 outstanding) and
-    `flush()` waits for all of them.
     """
 
-    connection_errors: tuple[type[Exception], ...] = (
-        aiormq.exceptions.AMQPConnectionError,
-        ConnectionError,
-    )
+    connection_errors = RabbitMQPublisher.connection_errors
 
     def __init__(
         self,
@@ -663,112 +1199,377 @@ class AsyncRabbitMQPublisher:
         port: int | None = None,
         mode: Mode = "fanout",
         prefix: str = DEFAULT_PREFIX,
-        confirm: bool = False,
+        confirm: bool | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         queue_arguments: Mapping[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._mode = _check_mode(mode)
         self._prefix = _check_prefix(prefix)
-        self._confirm = confirm
+        self._confirm = _check_confirm(confirm, self._mode)
         self._max_size = _check_count(max_message_size, "max_message_size")
         self._arguments = _queue_arguments(queue_arguments)
+        self._retry = _check_retry(retry)
         self._params = _parameters(parameters, url, host, port)
         self._broker = _describe(self._params)
-        self._delivery_mode = (
-            aio_pika.DeliveryMode.PERSISTENT
-            if self._mode == "queue"
-            else aio_pika.DeliveryMode.NOT_PERSISTENT
-        )
-        self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
-        self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
-        self._connection: aio_pika.abc.AbstractConnection | None = None
-        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._properties = pika.BasicProperties(delivery_mode=2) if self._mode == "queue" else None
+        self._declared: dict[str, None] = {}
+        self._unconfirmed = _Unconfirmed()
+        self._nacks = _NackBackoff(self._retry)
+        self._confirm_timeout = max(self._retry.deadline, _CONFIRM_TIMEOUT)
+        self._link: _AsyncLink | None = None
+        # Resolved by _on_confirm once the unconfirmed messages fit the target.
+        self._room: asyncio.Future[None] | None = None
+        self._room_target = (0, 0)
+        self._recovering: asyncio.Lock | None = None
+        self._unyielded = 0
+        self._opened = False
         self._closed = False
 
     async def open(self) -> None:
-        """Connect to the broker (idempotent).
+        """Connect to the broker (idempotent; the first connect is not retried).
 
         Raises:
             BrokerConnectionError: If the broker cannot be reached.
+            PublisherClosedError: If the publisher is closed.
         """
-        if self._channel is not None:
+        if self._closed:
+            raise PublisherClosedError("AsyncRabbitMQPublisher is closed")
+        if self._link is not None:
             return
-        self._connection = await _aio_connect(self._params)
-        with map_errors(_AIO_ERRORS, broker=self._broker):
-            self._channel = await self._connection.channel(
-                publisher_confirms=self._confirm,
+        try:
+            self._link = await self._connect()
+        except Exception as exc:
+            raise BrokerConnectionError(
+                f"Cannot connect to RabbitMQ: {_why(exc)}",
+                broker=self._broker,
+            ) from exc
+        self._opened = True
+
+    async def _connect(self) -> _AsyncLink:
+        """Open a connection and channel in confirm mode; declare the known names."""
+        loop = asyncio.get_running_loop()
+        link = _AsyncLink(loop, float(self._params.stack_timeout or 10.0))
+        opened: asyncio.Future[None] = loop.create_future()
+
+        def on_open(connection: Any) -> None:
+            if not opened.done():
+                opened.set_result(None)
+
+        def on_open_error(connection: Any, exc: BaseException) -> None:
+            link.lose(exc)
+            if not opened.done():
+                opened.set_exception(_unwrap_pika(exc))
+
+        def on_close(connection: Any, exc: BaseException) -> None:
+            link.lose(exc)
+            self._wake()
+
+        link.connection = connection = pika.adapters.asyncio_connection.AsyncioConnection(
+            self._params,
+            on_open_callback=on_open,
+            on_open_error_callback=on_open_error,
+            on_close_callback=on_close,
+            custom_ioloop=loop,
+        )
+        try:
+            # pika bounds the connect itself (socket_timeout, stack_timeout).
+            await opened
+            connection.add_on_connection_blocked_callback(self._on_blocked)
+            connection.add_on_connection_unblocked_callback(self._on_unblocked)
+            link.channel = channel = await link.call(
+                lambda done: connection.channel(on_open_callback=done),
             )
 
-    async def _exchange(self, name: str) -> aio_pika.abc.AbstractExchange:
-        exchange = self._exchanges.get(name)
-        if exchange is None:
-            await self.open()
-            assert self._channel is not None
-            if self._mode == "fanout":
-                exchange = await self._channel.declare_exchange(
-                    name,
-                    aio_pika.ExchangeType.FANOUT,
-                )
-            else:
-                await self._channel.declare_queue(
+            def on_channel_close(channel: Any, exc: BaseException) -> None:
+                link.lose(exc)
+                self._wake()
+
+            channel.add_on_close_callback(on_channel_close)
+            await link.call(
+                lambda done: channel.confirm_delivery(
+                    functools.partial(self._on_confirm, link),
+                    callback=done,
+                ),
+            )
+            for name in self._declared:
+                await self._declare(link, name)
+        except BaseException:
+            await link.close()
+            raise
+        return link
+
+    async def _declare(self, link: _AsyncLink, name: str) -> None:
+        channel = link.channel
+        if self._mode == "fanout":
+            await link.call(
+                lambda done: channel.exchange_declare(name, "fanout", callback=done),
+            )
+        else:
+            await link.call(
+                lambda done: channel.queue_declare(
                     name,
                     durable=True,
                     arguments=self._arguments,
-                )
-                exchange = self._channel.default_exchange
-            self._exchanges[name] = exchange
-        return exchange
+                    callback=done,
+                ),
+            )
+        self._declared[name] = None
+
+    def _on_confirm(self, link: _AsyncLink, frame: Any) -> None:
+        if link is not self._link:  # pragma: no cover - a dead channel's late frame
+            return
+        method = frame.method
+        ok = isinstance(method, pika.spec.Basic.Ack)
+        self._unconfirmed.settle(method.delivery_tag, multiple=method.multiple, ok=ok)
+        if ok and not self._unconfirmed.nacked:
+            self._nacks.reset()
+        if not self._unconfirmed.over(*self._room_target) or not ok:
+            self._wake()
+
+    def _wake(self) -> None:
+        room = self._room
+        if room is not None and not room.done():
+            room.set_result(None)
+
+    def _on_blocked(self, connection: Any, frame: Any) -> None:
+        logger.warning(
+            "%s blocked this publisher (%s): sends wait until it unblocks",
+            self._broker,
+            getattr(frame.method, "reason", "resource alarm"),
+        )
+
+    def _on_unblocked(self, connection: Any, frame: Any) -> None:
+        logger.info("%s unblocked this publisher", self._broker)
+
+    def _publish(self, link: _AsyncLink, name: str, body: bytes) -> None:
+        # Recorded first (see RabbitMQPublisher._publish). In fan-out mode
+        # without `confirm` the record only counts what is in flight.
+        self._unconfirmed.add(name, body)
+        if self._mode == "fanout":
+            link.channel.basic_publish(name, "", body)
+        else:
+            link.channel.basic_publish("", name, body, self._properties)
 
     async def send(self, topic: str, message: bytes) -> None:
-        """Publish `message` to `topic` (see `RabbitMQPublisher.send`)."""
+        """Publish `message` to `topic` (see `RabbitMQPublisher.send`).
+
+        pika writes while the event loop runs: `send` lets it run every 64
+        messages or 256 KiB, and waits when 8192 messages or 64 MiB are
+        unconfirmed.
+
+        Raises:
+            ValueError: If the topic name or message size is invalid.
+            PublisherClosedError: If the publisher is closed.
+            BrokerConnectionError: See `RabbitMQPublisher.send`.
+            BufferFullError: See `RabbitMQPublisher.send`.
+        """
         name = _name(self._prefix, topic)
         _check_message(message, self._max_size)
         if self._closed:
-            raise BrokerConnectionError(
-                "AsyncRabbitMQPublisher is closed",
-                broker=self._broker,
-            )
-        with map_errors(_AIO_ERRORS, broker=self._broker):
-            exchange = await self._exchange(name)
-            publish = exchange.publish(
-                aio_pika.Message(bytes(message), delivery_mode=self._delivery_mode),
-                "" if self._mode == "fanout" else name,
-                mandatory=False,
-            )
+            raise PublisherClosedError("AsyncRabbitMQPublisher is closed")
+        body = bytes(message)
+        link = self._link
+        if link is None or link.lost.done() or name not in self._declared:
+            link = await self._ready(name)
+        try:
+            self._publish(link, name, body)
+        except Exception as exc:
+            link = await self._recover_or_raise(exc, link)
             if not self._confirm:
-                await publish
-                return
-            # Tasks start in creation order and aiormq serialises publishes on
-            # a FIFO lock, so pipelining keeps the order.
-            self._pending.append(asyncio.ensure_future(publish))
-            if len(self._pending) >= _CONFIRM_WINDOW:
-                await self._pending.popleft()
+                with map_errors(_PIKA_ERRORS, broker=self._broker):
+                    self._publish(link, name, body)
+        unconfirmed = self._unconfirmed
+        if unconfirmed.over(_CONFIRM_WINDOW, _CONFIRM_WINDOW_BYTES):
+            await self._wait_confirms(_CONFIRM_WINDOW // 2, _CONFIRM_WINDOW_BYTES // 2)
+            self._unyielded = 0
+            return
+        self._unyielded += len(body) + _YIELD_BYTES // _YIELD_MESSAGES
+        if self._unyielded >= _YIELD_BYTES:
+            self._unyielded = 0
+            await asyncio.sleep(0)
+
+    async def _ready(self, name: str) -> _AsyncLink:
+        """Return a live link on which `name` is declared (connect or reconnect first)."""
+        if not self._opened:
+            await self.open()
+        link = self._link
+        if link is None:
+            link = await self._recover(None, None)
+        elif link.lost.done():
+            link = await self._recover_or_raise(link.lost.result(), link)
+        if name not in self._declared:
+            try:
+                await self._declare(link, name)
+            except Exception as exc:
+                link = await self._recover_or_raise(exc, link)
+                if name not in self._declared:
+                    with map_errors(_PIKA_ERRORS, broker=self._broker):
+                        await self._declare(link, name)
+        return link
 
     async def flush(self) -> None:
-        """Wait for every outstanding confirm (no-op without `confirm`).
+        """Wait for every outstanding confirm (the broker has every message sent).
 
         Raises:
-            BrokerConnectionError: If the broker nacked a message or the
-                connection was lost.
+            BrokerConnectionError: See `RabbitMQPublisher.flush`.
+            BufferFullError: See `RabbitMQPublisher.send`.
         """
-        with map_errors(_AIO_ERRORS, broker=self._broker):
-            while self._pending:
-                await self._pending.popleft()
+        if self._closed or not self._opened:
+            return
+        await self._wait_confirms(0, 0)
+
+    async def _wait_confirms(self, count: int, size: int) -> None:
+        """Wait until at most `count` messages and `size` bytes are unconfirmed."""
+        unconfirmed = self._unconfirmed
+        loop = asyncio.get_running_loop()
+        waiting = len(unconfirmed)
+        give_up = loop.time() + self._confirm_timeout
+        while unconfirmed.over(count, size):
+            link = self._link
+            if link is None:
+                await self._recover(None, None)
+                give_up = loop.time() + self._confirm_timeout
+                continue
+            if link.lost.done():
+                await self._recover_or_raise(link.lost.result(), link)
+                give_up = loop.time() + self._confirm_timeout
+                continue
+            if unconfirmed.nacked:
+                await self._resend_nacked(link)
+                continue
+            if len(unconfirmed) < waiting:
+                waiting = len(unconfirmed)
+                give_up = loop.time() + self._confirm_timeout
+            elif loop.time() >= give_up:
+                raise BrokerConnectionError(
+                    f"RabbitMQ confirmed none of {waiting} message(s) in "
+                    f"{self._confirm_timeout:.0f} s (blocked by a memory or disk "
+                    "alarm?); they are kept and sent again after a reconnect",
+                    broker=self._broker,
+                )
+            self._room = room = loop.create_future()
+            self._room_target = (count, size)
+            try:
+                await asyncio.wait(
+                    (room,),
+                    timeout=max(0.0, give_up - loop.time()),
+                )
+            finally:
+                self._room = None
+                self._room_target = (0, 0)
+
+    async def _resend_nacked(self, link: _AsyncLink) -> None:
+        nacked = self._unconfirmed.nacked
+        await asyncio.sleep(self._nacks.next_delay(len(nacked), time.monotonic()))
+        if not self._confirm:
+            # Fan-out without confirm keeps nothing to send again.
+            self._unconfirmed.take_nacked()
+            return
+        entries = self._unconfirmed.take_nacked()
+        for index, (name, body) in enumerate(entries):
+            try:
+                self._publish(link, name, body)
+            except Exception as exc:
+                self._unconfirmed.put_back(entries[index + 1 :])
+                await self._recover_or_raise(exc, link)
+                return
+
+    async def _recover_or_raise(self, exc: BaseException, link: _AsyncLink) -> _AsyncLink:
+        """Reconnect if `exc` means a lost connection; else raise it, translated.
+
+        A channel the broker closed (PRECONDITION_FAILED, a message over its
+        size limit, ...) is not lost: reconnecting and sending the same
+        messages again would only repeat it.
+        """
+        if not _pika_lost(exc):
+            with map_errors(_PIKA_ERRORS, broker=self._broker):
+                raise exc
+        return await self._recover(exc, link)
+
+    async def _recover(self, cause: BaseException | None, failed: _AsyncLink | None) -> _AsyncLink:
+        """Reconnect (once for all tasks that saw `failed` die) and re-send.
+
+        Raises:
+            BrokerConnectionError: If the broker stays away past the deadline.
+        """
+        if self._recovering is None:
+            self._recovering = asyncio.Lock()
+        async with self._recovering:
+            link = self._link
+            if link is not None and link is not failed and not link.lost.done():
+                return link  # another task reconnected meanwhile
+            self._link = None
+            if failed is not None:
+                await failed.close()
+            if self._retry.deadline <= 0:
+                self._drop_unconfirmed()
+                raise _lost_error(cause, self._broker) from cause
+            if cause is not None:
+                logger.warning(
+                    "%s: connection lost (%s); reconnecting",
+                    self._broker,
+                    _why(cause),
+                )
+            new, resent = await self._retry.call_async(
+                self._reconnect,
+                retry_on=(_LinkLost,),
+                broker=self._broker,
+            )
+            logger.warning(
+                "%s: publisher reconnected; sent %d unconfirmed message(s) again",
+                self._broker,
+                resent,
+            )
+            return new
+
+    def _drop_unconfirmed(self) -> None:
+        if not self._confirm:
+            self._unconfirmed.take_all()
+
+    async def _reconnect(self) -> tuple[_AsyncLink, int]:
+        if self._closed:
+            raise PublisherClosedError("AsyncRabbitMQPublisher is closed")
+        try:
+            link = await self._connect()
+        except Exception as exc:
+            if _pika_lost(exc):
+                raise _LinkLost(_why(exc)) from exc
+            with map_errors(_PIKA_ERRORS, broker=self._broker):
+                raise
+        entries = self._unconfirmed.take_all()
+        if not self._confirm:
+            entries = []  # only counted for flow control: gone with the connection
+        self._link = link
+        for index, (name, body) in enumerate(entries):
+            try:
+                self._publish(link, name, body)
+            except Exception as exc:
+                self._unconfirmed.put_back(entries[index + 1 :])
+                self._link = None
+                await link.close()
+                if _pika_lost(exc):
+                    raise _LinkLost(_why(exc)) from exc
+                with map_errors(_PIKA_ERRORS, broker=self._broker):
+                    raise
+        return link, len(entries)
 
     async def close(self) -> None:
-        """Flush and close the connection (idempotent)."""
+        """Flush (wait for confirms) and close the connection (idempotent).
+
+        Raises:
+            BrokerConnectionError: If the flush failed; the connection is
+                closed anyway and unconfirmed messages may be lost.
+        """
         if self._closed:
             return
-        self._closed = True
         try:
             await self.flush()
         finally:
-            for future in self._pending:
-                future.cancel()
-            self._pending.clear()
-            if self._connection is not None:
-                with map_errors(_AIO_ERRORS, broker=self._broker):
-                    await self._connection.close()
+            self._closed = True
+            link, self._link = self._link, None
+            if link is not None:
+                await link.close()
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -783,6 +1584,39 @@ class AsyncRabbitMQPublisher:
         await self.close()
 
 
+class _ClosingConnection(aio_pika.Connection):
+    """aio-pika connection that closes itself when connecting fails.
+
+    `aio_pika.connect` leaves a failed connection to `__del__`, which then
+    schedules a close on whatever loop runs (or warns "never awaited"
+    outside one); a reconnect loop makes many of them.
+    """
+
+    async def connect(self, timeout: Any = None) -> None:
+        try:
+            await super().connect(timeout=timeout)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.close()
+            raise
+
+
+async def _aio_connect(params: Any) -> aio_pika.abc.AbstractConnection:
+    """Connect with aio-pika (raw errors: callers translate or retry)."""
+    connection: aio_pika.abc.AbstractConnection = await aio_pika.connect(
+        **_aio_connect_kwargs(params),
+        connection_class=_ClosingConnection,
+    )
+    return connection
+
+
+# An inbox item: (connection generation, message or None). None marks "closed
+# or connection lost" and wakes every waiting receive; items of an older
+# generation came through a lost channel and are dropped (the broker
+# redelivers them).
+_Item = tuple[int, "aio_pika.abc.AbstractIncomingMessage | None"]
+
+
 class AsyncRabbitMQSubscriber:
     """Async twin of `RabbitMQSubscriber` (aio-pika); same arguments.
 
@@ -792,7 +1626,10 @@ class AsyncRabbitMQSubscriber:
     `receive` takes from, so a cancelled receive loses no message.
     """
 
-    connection_errors = AsyncRabbitMQPublisher.connection_errors
+    connection_errors: tuple[type[Exception], ...] = (
+        aiormq.exceptions.AMQPConnectionError,
+        ConnectionError,
+    )
 
     def __init__(
         self,
@@ -806,42 +1643,63 @@ class AsyncRabbitMQSubscriber:
         prefix: str = DEFAULT_PREFIX,
         prefetch: int = DEFAULT_PREFETCH,
         queue_arguments: Mapping[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._mode = _check_mode(mode)
         prefix = _check_prefix(prefix)
         self._names = [_name(prefix, t, "topics") for t in _check_topics(topics)]
         self._prefetch = _check_count(prefetch, "prefetch")
         self._arguments = _queue_arguments(queue_arguments)
+        self._retry = _check_retry(retry)
         self._params = _parameters(parameters, url, host, port)
         self._broker = _describe(self._params)
-        # None marks "closed or connection lost": wakes every waiting receive.
-        self._inbox: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage | None] = (
-            asyncio.Queue()
-        )
+        self._inbox: asyncio.Queue[_Item] = asyncio.Queue()
+        self._generation = 0
         self._last: aio_pika.abc.AbstractIncomingMessage | None = None
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
+        # True once the connection is known lost: the next receive reconnects.
+        self._broken = False
+        self._recovering: asyncio.Lock | None = None
+        self._opened = False
         self._closed = False
 
     async def open(self) -> None:
         """Connect and subscribe (idempotent); returns once subscribed.
 
+        The first connect is not retried.
+
         Raises:
             BrokerConnectionError: If the broker cannot be reached.
         """
-        if self._connection is not None or self._closed:
+        if self._opened or self._closed:
             return
-        self._connection = await _aio_connect(self._params)
-        self._connection.close_callbacks.add(self._on_connection_closed)
         try:
-            with map_errors(_AIO_ERRORS, broker=self._broker):
-                self._channel = await self._connection.channel()
-                await self._subscribe(self._channel)
-        except BaseException:
-            await self._connection.close()
-            raise
+            await self._connect()
+        except Exception as exc:
+            if isinstance(exc, StreamError):
+                raise
+            with map_errors(_AIO_CONNECT_ERRORS, broker=self._broker):
+                raise
+        self._opened = True
 
-    async def _subscribe(self, channel: aio_pika.abc.AbstractChannel) -> None:
+    async def _connect(self) -> None:
+        """Connect, subscribe and become the current generation (raw errors)."""
+        connection = await _aio_connect(self._params)
+        generation = self._generation + 1
+        connection.close_callbacks.add(functools.partial(self._on_connection_closed, generation))
+        try:
+            channel = await connection.channel()
+            await self._subscribe(channel, generation)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
+        self._connection, self._channel, self._generation = connection, channel, generation
+        self._broken = False
+
+    async def _subscribe(self, channel: aio_pika.abc.AbstractChannel, generation: int) -> None:
+        on_message = functools.partial(self._on_message, generation)
         if self._mode == "fanout":
             queue = await channel.declare_queue(exclusive=True, auto_delete=True)
             for name in self._names:
@@ -850,7 +1708,7 @@ class AsyncRabbitMQSubscriber:
                     aio_pika.ExchangeType.FANOUT,
                 )
                 await queue.bind(exchange)
-            await queue.consume(self._on_message, no_ack=True)
+            await queue.consume(on_message, no_ack=True)
             return
         await channel.set_qos(prefetch_count=self._prefetch)
         for name in self._names:
@@ -859,13 +1717,17 @@ class AsyncRabbitMQSubscriber:
                 durable=True,
                 arguments=self._arguments,
             )
-            await queue.consume(self._on_message, no_ack=False)
+            await queue.consume(on_message, no_ack=False)
 
-    async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        self._inbox.put_nowait(message)
+    async def _on_message(
+        self,
+        generation: int,
+        message: aio_pika.abc.AbstractIncomingMessage,
+    ) -> None:
+        self._inbox.put_nowait((generation, message))
 
-    def _on_connection_closed(self, *args: Any) -> None:
-        self._inbox.put_nowait(None)
+    def _on_connection_closed(self, generation: int, *args: Any) -> None:
+        self._inbox.put_nowait((generation, None))
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         """Yield messages until the subscriber is closed."""
@@ -880,43 +1742,108 @@ class AsyncRabbitMQSubscriber:
         if self._closed:
             raise SubscriberClosedError("AsyncRabbitMQSubscriber is closed")
         await self.open()
-        await self._ack_handed(wait=False)
-        try:
-            async with asyncio.timeout(timeout):
-                # Queue.get removes an item only when it returns, so a
-                # cancellation (or the timeout) leaves it for the next call.
-                message = await self._inbox.get()
-        except TimeoutError:
-            raise StreamTimeoutError(f"No message within {timeout} s") from None
-        if message is None:
-            self._inbox.put_nowait(None)  # wake the next waiter too
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            if self._broken:
+                await self._recover(None)
+            await self._ack_handed(wait=False)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    # Queue.get removes an item only when it returns, so a
+                    # cancellation (or the timeout) leaves it for the next call.
+                    generation, message = await self._inbox.get()
+            except TimeoutError:
+                raise StreamTimeoutError(f"No message within {timeout} s") from None
             if self._closed:
+                self._inbox.put_nowait((generation, None))  # wake the next waiter too
                 raise SubscriberClosedError("AsyncRabbitMQSubscriber is closed")
-            raise BrokerConnectionError(
-                "Connection to RabbitMQ was lost",
+            if generation != self._generation:
+                continue  # from a lost connection: the broker redelivers it
+            if message is None:
+                self._broken = True
+                continue
+            if self._mode == "queue":
+                self._last = message
+            return message.body
+
+    async def _recover(self, cause: BaseException | None) -> None:
+        """Reconnect and subscribe again (once, however many tasks wait).
+
+        Raises:
+            BrokerConnectionError: If the broker stays away past the deadline.
+        """
+        if self._recovering is None:
+            self._recovering = asyncio.Lock()
+        async with self._recovering:
+            if not self._broken:
+                return  # another task reconnected meanwhile
+            self._last = None
+            connection, self._connection = self._connection, None
+            # Deliveries still queued from the lost channel are dropped by
+            # generation: the broker redelivers them.
+            self._generation += 1
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+            if self._retry.deadline <= 0:
+                raise _lost_error(cause, self._broker) from cause
+            logger.warning(
+                "%s: connection lost%s; reconnecting",
+                self._broker,
+                "" if cause is None else f" ({_why(cause)})",
+            )
+            await self._retry.call_async(
+                self._reconnect,
+                retry_on=(_LinkLost,),
                 broker=self._broker,
             )
-        if self._mode == "queue":
-            self._last = message
-        return message.body
+            if self._mode == "fanout":
+                logger.warning(
+                    "%s: fan-out subscriber reconnected; messages published to %s "
+                    "while it was disconnected were missed (its queue was deleted "
+                    "with the connection)",
+                    self._broker,
+                    ", ".join(self._names),
+                )
+            else:
+                logger.warning("%s: subscriber reconnected", self._broker)
+
+    async def _reconnect(self) -> None:
+        if self._closed:
+            raise SubscriberClosedError("AsyncRabbitMQSubscriber is closed")
+        try:
+            await self._connect()
+        except Exception as exc:
+            if _aio_lost(exc):
+                raise _LinkLost(_why(exc)) from exc
+            with map_errors(_AIO_ERRORS, broker=self._broker):
+                raise
 
     async def _ack_handed(self, *, wait: bool) -> None:
-        if self._last is not None:
-            message, self._last = self._last, None
-            assert message.delivery_tag is not None
-            with map_errors(_AIO_ERRORS, broker=self._broker):
-                # aio-pika's message.ack() waits for the socket to drain; the
-                # ack-on-next need not (an ack has no reply), which gives 1.8x
-                # the receive rate of a work queue here. close() closes the
-                # channel first, so a queued ack is written before the end.
-                await message.channel.basic_ack(
-                    message.delivery_tag,
-                    multiple=True,
-                    wait=wait,
-                )
+        if self._last is None:
+            return
+        message, self._last = self._last, None
+        assert message.delivery_tag is not None
+        try:
+            # aio-pika's message.ack() waits for the socket to drain; the
+            # ack-on-next need not (an ack has no reply), which gives 1.8x
+            # the receive rate of a work queue here. close() closes the
+            # channel first, so a queued ack is written before the end.
+            await message.channel.basic_ack(
+                message.delivery_tag,
+                multiple=True,
+                wait=wait,
+            )
+        except Exception as exc:
+            if not _aio_lost(exc):
+                with map_errors(_AIO_ERRORS, broker=self._broker):
+                    raise
+            # Nothing to ack on: the broker redelivers; receive reconnects.
+            self._broken = True
 
     async def ack(self) -> None:
-        """Acknowledge every message handed over so far (see `RabbitMQSubscriber`)."""
+        """Acknowledge every message handed over so far (see `RabbitMQSubscriber.ack`)."""
         if self._closed:
             raise SubscriberClosedError("AsyncRabbitMQSubscriber is closed")
         await self._ack_handed(wait=True)
@@ -926,9 +1853,9 @@ class AsyncRabbitMQSubscriber:
         if self._closed:
             return
         self._closed = True
-        self._inbox.put_nowait(None)
+        self._inbox.put_nowait((self._generation, None))
         if self._connection is not None:
-            with contextlib.suppress(aiormq.exceptions.AMQPError, OSError):
+            with contextlib.suppress(aiormq.exceptions.AMQPError, OSError, RuntimeError):
                 # Channel.Close travels behind queued acks; closing the
                 # connection alone could drop them.
                 if self._channel is not None:

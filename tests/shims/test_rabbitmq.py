@@ -15,6 +15,8 @@ import pytest
 from proxystore_stream.cli.targets.rabbitmq import open_bare
 from proxystore_stream.cli.targets.rabbitmq import open_endpoints
 from proxystore_stream.exceptions import BrokerConnectionError
+from proxystore_stream.exceptions import BufferFullError
+from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
 from proxystore_stream.protocols import Acknowledging
@@ -23,6 +25,7 @@ from proxystore_stream.protocols import AsyncFlushable
 from proxystore_stream.protocols import AsyncReceivingSubscriber
 from proxystore_stream.protocols import Flushable
 from proxystore_stream.protocols import ReceivingSubscriber
+from proxystore_stream.retry import RetryPolicy
 from proxystore_stream.shims.rabbitmq import DEFAULT_MAX_MESSAGE_SIZE
 from proxystore_stream.shims.rabbitmq import DEFAULT_PREFIX
 from proxystore_stream.shims.rabbitmq import AsyncRabbitMQPublisher
@@ -403,3 +406,163 @@ def test_bench_targets_move_100_messages(name: str, topics: list[str]) -> None:
         assert [bare.receive() for _ in sent] == sent
     finally:
         bare.close()
+
+
+def test_send_after_close_raises_publisher_closed_error(topics: list[str]) -> None:
+    pub = RabbitMQPublisher(**Q)
+    pub.close()
+    pub.close()  # idempotent
+    with pytest.raises(PublisherClosedError):
+        pub.send(topics[0], b"late")
+
+    async def main() -> None:
+        async_pub = AsyncRabbitMQPublisher(**Q)
+        await async_pub.open()
+        await async_pub.close()
+        with pytest.raises(PublisherClosedError):
+            await async_pub.send(topics[0], b"late")
+        with pytest.raises(PublisherClosedError):
+            await async_pub.open()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("cls", [RabbitMQPublisher, AsyncRabbitMQPublisher])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "parameter"),
+    [
+        ({"retry": 30}, TypeError, "retry"),
+        ({"confirm": "yes"}, TypeError, "confirm"),
+    ],
+)
+def test_bad_publisher_arguments_name_the_parameter(
+    cls: type,
+    kwargs: dict[str, object],
+    error: type[Exception],
+    parameter: str,
+) -> None:
+    with pytest.raises(error, match=parameter):
+        cls(host=HOST, port=free_port(), **kwargs)
+
+
+def test_subscriber_retry_must_be_a_policy() -> None:
+    with pytest.raises(TypeError, match="retry"):
+        RabbitMQSubscriber("t", host=HOST, port=free_port(), retry=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="retry"):
+        AsyncRabbitMQSubscriber("t", retry=5)  # type: ignore[arg-type]
+
+
+def _overflow_queue(topic: str) -> dict[str, object]:
+    """Work-queue kwargs for a queue that refuses publishes beyond 3 messages."""
+    arguments = {**QUEUE_ARGUMENTS, "x-max-length": 3, "x-overflow": "reject-publish"}
+    return {**Q, "queue_arguments": arguments}
+
+
+def test_full_queue_nacks_are_resent_then_raise_buffer_full(topics: list[str]) -> None:
+    """Confirms are on in work-queue mode: a refused message is neither lost nor silent."""
+    topic = topics[0]
+    kwargs = _overflow_queue(topic)
+    policy = RetryPolicy(deadline=0.5, initial=0.05, maximum=0.1)
+    sent = [b"m%d" % i for i in range(5)]
+    with RabbitMQPublisher(retry=policy, **kwargs) as pub:  # type: ignore[arg-type]
+        # Nacks make send (once they arrive) and flush wait and re-send, then
+        # raise: the broker's limit pushes back on the producer.
+        start = time.monotonic()
+        refused = []
+        for message in sent:
+            try:
+                pub.send(topic, message)
+            except BufferFullError as exc:
+                refused.append(exc)
+        try:
+            pub.flush()
+        except BufferFullError as exc:
+            refused.append(exc)
+        assert refused
+        assert all("reject-publish" in str(exc) for exc in refused)
+        assert 0.4 < time.monotonic() - start < 10
+        # The queue has room again once a consumer takes some: the kept
+        # messages go out on the next flush, none twice, none lost.
+        with RabbitMQSubscriber(topic, **kwargs) as sub:  # type: ignore[arg-type]
+            got = receive_all(sub, 3)
+            sub.ack()
+            pub.flush()
+            got += receive_all(sub, 2)
+            sub.ack()
+            with pytest.raises(StreamTimeoutError):
+                sub.receive(0.3)
+    assert sorted(got) == sent
+
+
+def test_async_full_queue_nacks_are_resent_then_raise_buffer_full(topics: list[str]) -> None:
+    topic = topics[0]
+    kwargs = _overflow_queue(topic)
+    policy = RetryPolicy(deadline=0.5, initial=0.05, maximum=0.1)
+    sent = [b"m%d" % i for i in range(5)]
+
+    async def main() -> list[bytes]:
+        async with AsyncRabbitMQPublisher(retry=policy, **kwargs) as pub:  # type: ignore[arg-type]
+            refused = 0
+            for message in sent:
+                try:
+                    await pub.send(topic, message)
+                except BufferFullError:
+                    refused += 1
+            try:
+                await pub.flush()
+            except BufferFullError:
+                refused += 1
+            assert refused
+            async with AsyncRabbitMQSubscriber(topic, **kwargs) as reader:  # type: ignore[arg-type]
+                got = [await reader.receive(10) for _ in range(3)]
+                await reader.ack()
+                await pub.flush()
+                got += [await reader.receive(10) for _ in range(2)]
+                await reader.ack()
+                with pytest.raises(StreamTimeoutError):
+                    await reader.receive(0.3)
+            return got
+
+    assert sorted(asyncio.run(main())) == sent
+
+
+def test_work_queue_confirms_are_pipelined(topics: list[str]) -> None:
+    """send does not wait for its confirm; flush waits for all of them."""
+    topic = topics[0]
+    with RabbitMQPublisher(**Q) as pub:
+        for i in range(200):
+            pub.send(topic, b"%d" % i)
+        # A round trip per send would leave nothing outstanding here.
+        assert len(pub._unconfirmed) > 0
+        pub.flush()
+        assert len(pub._unconfirmed) == 0
+    with RabbitMQSubscriber(topic, **Q) as sub:
+        assert receive_all(sub, 200) == [b"%d" % i for i in range(200)]
+        sub.ack()
+
+
+def test_channel_closed_by_broker_is_reported_not_retried(topics: list[str]) -> None:
+    """PRECONDITION_FAILED (queue arguments differ) raises at once, every time."""
+    topic = topics[0]
+    other = {**Q, "queue_arguments": {**QUEUE_ARGUMENTS, "x-max-length": 7}}
+    with RabbitMQPublisher(**Q) as pub:
+        pub.send(topic, b"declared with the usual arguments")
+    start = time.monotonic()
+    pub = RabbitMQPublisher(**other)  # type: ignore[arg-type]
+    for _ in range(2):
+        with pytest.raises(BrokerConnectionError, match="PRECONDITION_FAILED"):
+            pub.send(topic, b"x")
+    with contextlib.suppress(BrokerConnectionError):
+        pub.close()
+
+    async def main() -> None:
+        async_pub = AsyncRabbitMQPublisher(**other)  # type: ignore[arg-type]
+        await async_pub.open()
+        for _ in range(2):
+            with pytest.raises(BrokerConnectionError, match="PRECONDITION_FAILED"):
+                await async_pub.send(topic, b"x")
+        with contextlib.suppress(BrokerConnectionError):
+            await async_pub.close()
+
+    asyncio.run(main())
+    assert time.monotonic() - start < 5

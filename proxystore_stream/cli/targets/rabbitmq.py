@@ -37,7 +37,7 @@ __all__ = ["BARE_LABELS", "open_async_endpoints", "open_bare", "open_endpoints"]
 _MODES: dict[str, Mode] = {"rabbitmq": "fanout", "rabbitmq-queue": "queue"}
 BARE_LABELS = {
     "rabbitmq": "bare pika fanout exchange + consume()",
-    "rabbitmq-queue": "bare pika durable queue + consume()/basic_ack",
+    "rabbitmq-queue": "bare pika durable queue, no confirms + consume()/basic_ack",
 }
 """How the bench table names each bare client."""
 _QUEUE_ARGUMENTS = {"x-expires": 60_000}
@@ -113,8 +113,10 @@ class _BarePika:
     """pika as its tutorials use it: one connection per thread.
 
     Fan-out: publish to a fanout exchange, consume an exclusive queue with
-    auto-ack. Work queue: publish persistent messages to a durable queue,
-    consume with prefetch and one ``basic_ack`` per message.
+    auto-ack. Work queue: publish persistent messages to a durable queue
+    without publisher confirms (our work-queue publisher confirms, so the
+    comparison includes what at-least-once costs), consume with prefetch and
+    one ``basic_ack`` per message.
     """
 
     def __init__(self, mode: str, topic: str) -> None:
