@@ -18,16 +18,27 @@ larger producer `max_request_size`, broker `message.max.bytes` and consumer
 The publisher never flushes per message: `send()` hands the message to the
 client's batching buffer and `flush()` (called by the stream producer when
 topics are flushed or closed) waits for the broker's acknowledgement of all
-of them. `close()` flushes, then closes.
+of them. `close()` flushes, then closes. At most `max_pending_bytes` (64 MiB)
+are unacknowledged: beyond that `send()` blocks until the broker catches up.
+
+Reconnection: the clients reconnect by themselves (kafka-python's producer
+retries undelivered batches in order, idempotently, with ``acks="all"``);
+the shim bounds the waiting with a `RetryPolicy` (``retry=``): `send()`,
+`flush()` and `close()` raise `BrokerConnectionError` once no message was
+acknowledged for ``retry.deadline`` seconds, `receive()` once the client
+held no broker connection that long, and `ack()` once a commit did not go
+through. A message whose delivery failed is reported by the next `send()`
+or `flush()`, never dropped silently.
 
 The subscriber buffers what the client fetches and hands messages over one
-at a time. Acknowledged offsets are committed asynchronously at most every
-0.5 s while receiving (so a crash redelivers at most that window, which is
-at-least-once anyway), and synchronously on `ack()`, on partition revocation
-(a rebalance) and on `close()`. On revocation the message handed over last
-counts as acknowledged and the buffered messages of the revoked partitions
-are dropped, so the next owner starts right after what this member handed
-over: no duplicates and no gaps across a rebalance. `close()` does not
+at a time. Acknowledged offsets are committed asynchronously every 0.5 s
+while receiving, also while the buffer is served (so a crash redelivers at
+most that window, which at-least-once allows), and synchronously on
+`ack()`, on partition revocation (a rebalance) and on `close()`. On
+revocation the message handed over last counts as acknowledged and the
+buffered messages of the revoked partitions are dropped, so the next owner
+starts right after what this member handed over: no duplicates and no gaps
+across a rebalance. `close()` does not
 acknowledge the last handed message: it is redelivered to the group.
 
 Topics are created (one partition) before first use when the shim can reach
