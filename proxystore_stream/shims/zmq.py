@@ -120,6 +120,11 @@ _MAX_CACHED_TOPICS = 4096
 # (XPUB keeps them in an unbounded in-memory queue until read).
 _DRAIN_EVERY = 1024
 _forwarder_ids = itertools.count()
+# A send on an XPUB socket never suspends, so an async publisher would hold
+# the event loop for a whole burst; it yields once after this many bytes or
+# messages (before the next send, so a cancelled yield has sent nothing).
+_YIELD_BYTES = 1 << 20
+_YIELD_MESSAGES = 1024
 # Plain ints: combining pyzmq's flag enums costs more than the send itself.
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -626,13 +631,26 @@ class AsyncZeroMQPublisher:
         self._sent = 0
         self._waiting = 0
         self._room = asyncio.Lock()
+        self._unyielded_bytes = 0
+        self._unyielded_messages = 0
         self._closed = False
 
     async def send(self, topic: str, message: bytes) -> None:
-        """Publish `message` to `topic` (see `ZeroMQPublisher.send`)."""
+        """Publish `message` to `topic` (see `ZeroMQPublisher.send`).
+
+        Every 1 MiB or 1,024 messages it first yields to the event loop once,
+        so other tasks run during a burst; if cancelled there, nothing is sent.
+        """
         frame = self._frames(topic)
         if self._closed:
             raise PublisherClosedError("AsyncZeroMQPublisher is closed")
+        if self._unyielded_bytes >= _YIELD_BYTES or self._unyielded_messages >= _YIELD_MESSAGES:
+            self._unyielded_bytes = self._unyielded_messages = 0
+            await asyncio.sleep(0)
+            if self._closed:
+                raise PublisherClosedError("AsyncZeroMQPublisher is closed")
+        self._unyielded_bytes += len(message)
+        self._unyielded_messages += 1
         copy = type(message) is not bytes
         try:
             if not self._waiting:

@@ -436,6 +436,47 @@ def test_async_send_waits_for_room_under_xpub_nodrop_and_keeps_order() -> None:
     assert numbers in ([*range(sent), sent + 1, sent + 2], list(range(sent + 3)))
 
 
+def test_async_publisher_burst_lets_other_tasks_run_and_loses_nothing() -> None:
+    # XPUB sends never suspend; the publisher yields every 1,024 messages or
+    # 1 MiB, so a task on the same loop runs during a burst.
+    async def main() -> tuple[int, int, list[int]]:
+        pub = AsyncZeroMQPublisher(LOCAL, 0)
+        sub = AsyncZeroMQSubscriber(pub.endpoint, topic="t")
+        ticks = 0
+        done = False
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        try:
+            await pub.wait_for_subscribers("t")
+            task = asyncio.create_task(ticker())
+            await asyncio.sleep(0)
+            start = ticks
+            for i in range(5 * 1024):  # 5,120 small messages: at least 4 yields
+                await pub.send("t", b"%08d" % i)
+            small = ticks - start
+            start = ticks
+            for i in range(8):  # 8 MiB: at least 7 yields
+                await pub.send("t", b"%08d" % (5 * 1024 + i) + bytes((1 << 20) - 8))
+            large = ticks - start
+            done = True
+            await task
+            numbers = await _receive_numbers(sub, 5 * 1024 + 8)
+            return small, large, numbers
+        finally:
+            await sub.close()
+            await pub.close()
+
+    small, large, numbers = asyncio.run(main())
+    assert small >= 4
+    assert large >= 7
+    assert numbers == list(range(5 * 1024 + 8))
+
+
 async def _receive_numbers(sub: AsyncZeroMQSubscriber, most: int) -> list[int]:
     """Sequence numbers of what arrives until 2 s of quiet (`most` at most)."""
     numbers = []
