@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -49,12 +50,23 @@ class RedisServer:
     Args:
         directory: Data directory (AOF) owned by the test; kept across restarts.
         port: Port to listen on (default: a free one, kept across restarts).
+        options: More ``redis-server`` options, e.g. ``["--requirepass", "pw"]``.
+        password: The password readiness checks use (with ``--requirepass``).
     """
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        *,
+        options: Sequence[str] = (),
+        password: str | None = None,
+    ) -> None:
         self.binary = server_binary()
         self.directory = directory
         self.port = free_port() if port is None else port
+        self.options = list(options)
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -85,12 +97,19 @@ class RedisServer:
                 "always",
                 "--dir",
                 str(self.directory),
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + START_SECONDS
-        client = redis.Redis(HOST, self.port, socket_connect_timeout=0.5, socket_timeout=0.5)
+        client = redis.Redis(
+            HOST,
+            self.port,
+            password=self.password,
+            socket_connect_timeout=0.5,
+            socket_timeout=0.5,
+        )
         try:
             while True:
                 assert self.process.poll() is None, "redis-server exited at start"
@@ -126,4 +145,4 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         """A plain redis-py client of this server (RESP2, for inspection)."""
-        return redis.Redis(HOST, self.port, protocol=2)
+        return redis.Redis(HOST, self.port, password=self.password, protocol=2)

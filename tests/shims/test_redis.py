@@ -11,11 +11,14 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from proxystore_stream.exceptions import BrokerConnectionError
+from proxystore_stream.exceptions import BufferFullError
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
 from proxystore_stream.retry import RetryPolicy
@@ -23,6 +26,7 @@ from tests.conftest import REQUIRE_BROKERS
 from tests.conftest import free_port
 from tests.conftest import port_open
 from tests.conftest import require_broker
+from tests.faults.redis_server import RedisServer
 
 redis = pytest.importorskip("redis")
 
@@ -652,6 +656,117 @@ def test_kwargs_and_from_url_pass_through(raw: Any, topic: str) -> None:
     finally:
         db1.delete(topic, topic + "-s")
         db1.close()
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server with a password and an ACL user ``app``."""
+    server = RedisServer(
+        tmp_path / "secured",
+        options=[
+            "--requirepass",
+            "s3cret",
+            "--user",
+            *["app", "on", ">apppw", "~*", "&*", "+@all"],
+        ],
+        password="s3cret",
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_credentials_pass_through(secured: RedisServer) -> None:
+    port = secured.port
+    with (
+        RedisQueuePublisher(HOST, port, password="s3cret") as pub,
+        RedisQueueSubscriber.from_url(f"redis://app:apppw@{HOST}:{port}/0", "jobs") as sub,
+        RedisStreamPublisher(HOST, port, username="app", password="apppw") as spub,
+        RedisStreamSubscriber.from_url(f"redis://:s3cret@{HOST}:{port}", "s", group="g") as ssub,
+    ):
+        pub.send("jobs", b"with a password")
+        assert sub.receive(5) == b"with a password"
+        spub.send("s", b"as user app")
+        assert ssub.receive(5) == b"as user app"
+        sub.ack()
+        ssub.ack()
+
+
+@pytest.mark.parametrize("mode", ["pubsub-retry", "queue", "streams"])
+def test_wrong_password_fails_at_once_not_at_the_deadline(
+    secured: RedisServer,
+    mode: str,
+) -> None:
+    retry = RetryPolicy(deadline=20)
+    extra: dict[str, Any] = {"password": "wrong", "retry": retry}
+    subscriber: Any = {
+        "pubsub-retry": RedisSubscriber,
+        "queue": RedisQueueSubscriber,
+        "streams": partial(RedisStreamSubscriber, group="g"),
+    }[mode]
+    start = time.monotonic()
+    with pytest.raises(BrokerConnectionError, match="credentials"):
+        subscriber(HOST, secured.port, "t", **extra)
+    with (
+        pytest.raises(BrokerConnectionError, match="credentials"),
+        RedisQueuePublisher(HOST, secured.port, password="wrong", retry=retry) as pub,
+    ):
+        pub.send("t", b"x")
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize("mode", ["queue", "queue-async", "streams"])
+def test_full_redis_refuses_sends_and_consumers_still_drain_it(tmp_path: Path, mode: str) -> None:
+    # Backpressure: the backlog lives in Redis; at maxmemory (noeviction)
+    # Redis refuses writes and send raises BufferFullError. Consumers must
+    # still drain it, though Redis then refuses LMOVE/BLMOVE too.
+    server = RedisServer(tmp_path / "full", options=["--maxmemory-policy", "noeviction"])
+    server.start()
+    topic = name()
+    streams = mode == "streams"
+    pub: Any = (RedisStreamPublisher if streams else RedisQueuePublisher)(HOST, server.port)
+    # Groups cannot be created once Redis is full: subscribe first.
+    sub: Any = RedisStreamSubscriber(HOST, server.port, topic, group="g") if streams else None
+    admin = server.client()
+    try:
+        empty = int(admin.info("memory")["used_memory"])
+        sent = [b"%06d" % i + b"x" * 100_000 for i in range(40)]
+        for message in sent:
+            pub.send(topic, message)
+        # 4 MB of backlog, 1 MB of room: full until most of it is drained.
+        admin.config_set("maxmemory", str(empty + 1_000_000))
+        with pytest.raises(BufferFullError, match="maxmemory"):
+            pub.send(topic, b"refused")
+        if mode == "queue":
+            # close() gives back a handed message while Redis is full, too.
+            with RedisQueueSubscriber(HOST, server.port, topic, consumer="w") as first:
+                assert first.receive(5) == sent[0]
+            assert admin.llen(topic) == len(sent)
+            assert admin.exists(f"{topic}:pss-processing:w") == 0
+        if mode == "queue-async":
+            got = asyncio.run(_drain_async(server.port, topic, len(sent)))
+        else:
+            sub = sub or RedisQueueSubscriber(HOST, server.port, topic)
+            got = [sub.receive(5) for _ in range(len(sent))]
+            sub.ack()
+            with pytest.raises(StreamTimeoutError):
+                sub.receive(0.1)
+        assert got == sent
+        if not streams:  # acknowledged stream entries stay until trimmed
+            pub.send(topic, b"room again")
+    finally:
+        admin.close()
+        pub.close()
+        if sub is not None:
+            sub.close()
+        server.stop()
+
+
+async def _drain_async(port: int, topic: str, count: int) -> list[bytes]:
+    async with AsyncRedisQueueSubscriber(HOST, port, topic) as sub:
+        got = [await sub.receive(5) for _ in range(count)]
+        await sub.ack()
+        return got
 
 
 def test_resp3_pubsub_works_when_asked_for(raw: Any) -> None:

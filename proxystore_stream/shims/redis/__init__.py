@@ -1,15 +1,23 @@
 """Redis shims: pub/sub (fan-out), list queue (work queue) and Streams (groups).
 
-| classes | module | semantics | persistence | acknowledgement |
+| module | semantics | persistence | acknowledgement | delivery |
 | --- | --- | --- | --- | --- |
-| `RedisPublisher`, `RedisSubscriber` | `pubsub` | fan-out | none | none |
-| `RedisQueuePublisher`, `RedisQueueSubscriber` | `queue` | work queue | until popped | none |
-| `RedisStreamPublisher`, `RedisStreamSubscriber` | `streams` | groups | until trimmed | XACK |
+| `pubsub` | fan-out | none | none | at-most-once |
+| `queue` | work queue | until acknowledged | LTRIM of a processing list | at-least-once |
+| `streams` | groups | until trimmed | XACK | at-least-once |
 
-Every class has an `Async` twin (redis.asyncio) in the same module, and a
-`from_url` classmethod. Keyword arguments pass through to `redis.Redis`
-(``password``, ``username``, ``db``, ``ssl``, ``ssl_ca_certs``...). Each
-module's docstring holds its full semantics table.
+The classes: `RedisPublisher`/`RedisSubscriber` (pubsub),
+`RedisQueuePublisher`/`RedisQueueSubscriber` (queue),
+`RedisStreamPublisher`/`RedisStreamSubscriber` (streams). Every class has an
+`Async` twin (redis.asyncio) in the same module, and a `from_url`
+classmethod. Keyword arguments pass through to `redis.Redis`
+(``password``, ``username``, ``db``, ``ssl``, ``ssl_ca_certs``...).
+
+Publishers and the queue and Streams subscribers reconnect under a
+`RetryPolicy` (``retry=``, default a 30 s deadline) and then raise
+`BrokerConnectionError`; the pub/sub subscriber reconnects only when given
+``retry=`` (it misses what was published meanwhile). Each module's
+docstring holds its full semantics table.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess test
 
 from proxystore_stream._offload import SLICE_SECONDS
 from proxystore_stream.exceptions import BrokerConnectionError
+from proxystore_stream.exceptions import BufferFullError
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
 from proxystore_stream.retry import RetryPolicy
@@ -47,11 +48,13 @@ __all__ = [
     "CONNECTION_ERRORS",
     "DEFAULT_RETRY",
     "ERRORS",
+    "FATAL_ERRORS",
     "SLICE_SECONDS",
     "PendingFetch",
     "broker_name",
     "check_message",
     "check_name",
+    "check_replies",
     "check_retry",
     "check_topic",
     "client_kwargs",
@@ -59,6 +62,8 @@ __all__ = [
     "own_connection",
     "roundtrip",
     "roundtrip_async",
+    "stop_if_fatal",
+    "stop_if_fatal_async",
     "topic_list",
     "url_arguments",
 ]
@@ -71,9 +76,19 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
 )
 """Client exceptions that mean the connection to Redis failed or was lost."""
 
+FATAL_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.AuthenticationError,
+    redis.exceptions.AuthorizationError,
+)
+"""Connection errors that waiting cannot cure (credentials, ACL): never retried."""
+
 # AuthenticationError and BusyLoadingError subclass ConnectionError: the most
 # specific match wins, and all of them mean "cannot talk to this broker".
-ERRORS: ErrorMap = dict.fromkeys(CONNECTION_ERRORS, BrokerConnectionError)
+# OOM is Redis at `maxmemory` refusing writes: the broker-side bound.
+ERRORS: ErrorMap = {
+    **dict.fromkeys(CONNECTION_ERRORS, BrokerConnectionError),
+    redis.exceptions.OutOfMemoryError: BufferFullError,
+}
 
 # Bounded defaults so one attempt fails in a few seconds, not a minute.
 CONNECT_TIMEOUT = 5.0
@@ -204,6 +219,24 @@ def check_retry(retry: RetryPolicy | None, default: RetryPolicy = DEFAULT_RETRY)
     return retry
 
 
+def stop_if_fatal(exc: BaseException, broker: str) -> None:
+    """Raise `BrokerConnectionError` at once if retrying cannot cure `exc`.
+
+    Used as (part of) a `RetryPolicy` ``on_retry`` hook, so a wrong password
+    fails at the first attempt instead of after the policy's deadline.
+    """
+    if isinstance(exc, FATAL_ERRORS):
+        raise BrokerConnectionError(
+            f"{type(exc).__name__}: {exc} (not retried: check the credentials)",
+            broker=broker,
+        ) from exc
+
+
+async def stop_if_fatal_async(exc: BaseException, broker: str) -> None:
+    """Async form of `stop_if_fatal` for `RetryPolicy.call_async`."""
+    stop_if_fatal(exc, broker)
+
+
 def check_name(value: str, name: str) -> str:
     """Return `value` if it is a non-empty str; else raise naming `name`."""
     if not isinstance(value, str):
@@ -228,27 +261,45 @@ def own_connection(client: Any) -> Any:
     return pool.connection_class(**pool.connection_kwargs)
 
 
-def roundtrip(connection: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+def roundtrip(
+    connection: Any,
+    commands: Sequence[tuple[Any, ...]],
+    *,
+    check: bool = True,
+) -> list[Any]:
     """Send `commands` in one write and return their replies, in order.
 
     Cheaper than a redis-py pipeline (about half the client time per
     round trip): no command stack, no response callbacks. Replies are raw
     RESP values (bytes, int, list, None).
 
+    Args:
+        connection: A connection of `own_connection`.
+        commands: Commands as argument tuples, e.g. ``("LTRIM", key, 0, -2)``.
+        check: Raise the first error reply; with False, error replies are
+            returned in place as `redis.ResponseError` instances.
+
     Raises:
-        redis.ResponseError: The first error reply, after every reply was
-            read (the connection stays usable).
+        redis.ResponseError: The first error reply (with `check`), after
+            every reply was read (the connection stays usable).
         redis.ConnectionError: If the connection failed (it is dropped, so
             the next call reconnects).
     """
     connection.send_packed_command(connection.pack_commands(commands))
-    return _replies([_read(connection) for _ in commands])
+    replies = [_read(connection) for _ in commands]
+    return check_replies(replies) if check else replies
 
 
-async def roundtrip_async(connection: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+async def roundtrip_async(
+    connection: Any,
+    commands: Sequence[tuple[Any, ...]],
+    *,
+    check: bool = True,
+) -> list[Any]:
     """Async twin of `roundtrip` (a redis.asyncio connection)."""
     await connection.send_packed_command(connection.pack_commands(commands))
-    return _replies([await _read_async(connection) for _ in commands])
+    replies = [await _read_async(connection) for _ in commands]
+    return check_replies(replies) if check else replies
 
 
 def _read(connection: Any) -> Any:
@@ -265,7 +316,8 @@ async def _read_async(connection: Any) -> Any:
         return exc
 
 
-def _replies(replies: list[Any]) -> list[Any]:
+def check_replies(replies: list[Any]) -> list[Any]:
+    """Return `replies`, or raise the first error reply among them."""
     for reply in replies:
         if isinstance(reply, redis.ResponseError):
             raise reply
@@ -408,7 +460,8 @@ class CommandPublisher:
             TypeError: If `topic` is not a str or `message` not bytes.
             PublisherClosedError: If the publisher is closed.
             BrokerConnectionError: If Redis stays unreachable past the
-                policy's deadline.
+                policy's deadline, or refuses the credentials.
+            BufferFullError: If Redis is at ``maxmemory`` and refuses writes.
         """
         check_topic(topic)
         check_message(message)
@@ -419,6 +472,7 @@ class CommandPublisher:
                 partial(self._run, topic, message),
                 retry_on=CONNECTION_ERRORS,
                 broker=self._broker,
+                on_retry=partial(stop_if_fatal, broker=self._broker),
             )
 
     def close(self) -> None:
@@ -474,6 +528,7 @@ class AsyncCommandPublisher:
                 partial(self._run, topic, message),
                 retry_on=CONNECTION_ERRORS,
                 broker=self._broker,
+                on_retry=partial(stop_if_fatal_async, broker=self._broker),
             )
 
     async def close(self) -> None:

@@ -50,6 +50,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from collections.abc import Iterator
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 from typing import Self
 
@@ -75,6 +76,8 @@ from proxystore_stream.shims.redis._common import PendingFetch
 from proxystore_stream.shims.redis._common import broker_name
 from proxystore_stream.shims.redis._common import check_retry
 from proxystore_stream.shims.redis._common import client_kwargs
+from proxystore_stream.shims.redis._common import stop_if_fatal
+from proxystore_stream.shims.redis._common import stop_if_fatal_async
 from proxystore_stream.shims.redis._common import topic_list
 from proxystore_stream.shims.redis._common import url_arguments
 
@@ -218,6 +221,7 @@ class RedisSubscriber:
                         self._resubscribe,
                         retry_on=CONNECTION_ERRORS,
                         broker=self._broker,
+                        on_retry=partial(stop_if_fatal, broker=self._broker),
                     )
         except BaseException:
             self._release()
@@ -275,7 +279,12 @@ class RedisSubscriber:
             raise _lost(self._broker) from exc
         _missed(self._broker, exc)
         with map_errors(ERRORS, broker=self._broker):
-            self._retry.call(self._resubscribe, retry_on=CONNECTION_ERRORS, broker=self._broker)
+            self._retry.call(
+                self._resubscribe,
+                retry_on=CONNECTION_ERRORS,
+                broker=self._broker,
+                on_retry=partial(stop_if_fatal, broker=self._broker),
+            )
 
     def open(self) -> None:
         """Do nothing: the constructor already connected (parity with the async twin).
@@ -439,6 +448,7 @@ class AsyncRedisSubscriber:
                         self._resubscribe,
                         retry_on=CONNECTION_ERRORS,
                         broker=self._broker,
+                        on_retry=partial(stop_if_fatal_async, broker=self._broker),
                     )
         except BaseException:
             await self.close()
@@ -484,6 +494,7 @@ class AsyncRedisSubscriber:
                 self._resubscribe,
                 retry_on=CONNECTION_ERRORS,
                 broker=self._broker,
+                on_retry=partial(stop_if_fatal_async, broker=self._broker),
             )
 
     async def _next_message(self) -> bytes | None:

@@ -87,12 +87,15 @@ from proxystore_stream.shims.redis._common import CommandPublisher
 from proxystore_stream.shims.redis._common import PendingFetch
 from proxystore_stream.shims.redis._common import broker_name
 from proxystore_stream.shims.redis._common import check_name
+from proxystore_stream.shims.redis._common import check_replies
 from proxystore_stream.shims.redis._common import check_retry
 from proxystore_stream.shims.redis._common import client_kwargs
 from proxystore_stream.shims.redis._common import default_consumer
 from proxystore_stream.shims.redis._common import own_connection
 from proxystore_stream.shims.redis._common import roundtrip
 from proxystore_stream.shims.redis._common import roundtrip_async
+from proxystore_stream.shims.redis._common import stop_if_fatal
+from proxystore_stream.shims.redis._common import stop_if_fatal_async
 from proxystore_stream.shims.redis._common import topic_list
 from proxystore_stream.shims.redis._common import url_arguments
 
@@ -139,6 +142,14 @@ end
 return moved
 """
 
+# At `maxmemory`, Redis refuses LMOVE/BLMOVE and plain scripts (they may
+# grow memory), so consumers could not drain a full Redis. A script flagged
+# allow-oom (Redis 7+) may still move: used only after an OOM reply, as
+# older servers do not parse the flag line.
+_ALLOW_OOM = "#!lua flags=allow-oom\n"
+# While Redis is full and the lists are empty, poll this often.
+_FULL_PAUSE = 0.05
+
 T = TypeVar("T")
 # What a failed give-back at close() may raise; the messages stay put.
 _GIVE_BACK_ERRORS: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, redis.ResponseError)
@@ -183,6 +194,8 @@ class _Lists:
     backlog: deque[Taken] = field(default_factory=deque)
     handed: list[int] = field(init=False)
     synced: bool = False
+    # Redis answered OOM to a move: poll with the allow-oom script.
+    full: bool = False
 
     def __post_init__(self) -> None:
         self.keys = [processing_list(t, self.consumer) for t in self.topics]
@@ -219,30 +232,69 @@ class _Lists:
         """Record that the trims made from `counts` reached Redis."""
         self.handed = [now - done for now, done in zip(self.handed, counts, strict=True)]
 
+    def _poll_command(self) -> Command:
+        script = _ALLOW_OOM + _POLL if self.full else _POLL
+        return ("EVAL", script, 2 * len(self.topics), *self.topics, *self.keys)
+
     def move_command(self, wait: float) -> Command:
         """The command moving the next message (blocking for one topic)."""
-        if len(self.topics) == 1:
+        if len(self.topics) == 1 and not self.full:
             return ("BLMOVE", self.topics[0], self.keys[0], "RIGHT", "LEFT", _block(wait))
-        return ("EVAL", _POLL, 2 * len(self.topics), *self.topics, *self.keys)
+        return self._poll_command()
 
-    def wait_command(self, wait: float) -> Command | None:
-        """After an empty multi-topic poll: block on the first topic a while."""
+    def follow_command(self, wait: float) -> Command | None:
+        """What to send after a move that took nothing, if anything.
+
+        Redis just refused the move for lack of memory: the allow-oom poll.
+        An empty multi-topic poll: block on the first topic for a while.
+        """
+        if self.full:
+            return self._poll_command()
         if len(self.topics) == 1:
             return None
         block = _block(min(wait, _MULTI_BLOCK))
         return ("BLMOVE", self.topics[0], self.keys[0], "RIGHT", "LEFT", block)
 
-    def take_move(self, reply: Any, index: int | None = None) -> Taken | None:
-        """Take the reply of `move_command` (or of `wait_command`, with `index` 0)."""
+    def take_move(self, reply: Any) -> Taken | None:
+        """Take the reply of a move (BLMOVE on the first topic, or a poll script).
+
+        Raises:
+            redis.ResponseError: If the reply is an error other than OOM.
+        """
+        if isinstance(reply, redis.exceptions.OutOfMemoryError):
+            self.full = True
+            return None
+        if isinstance(reply, redis.ResponseError):
+            raise reply
         if reply is None:
             return None
-        if index is not None or len(self.topics) == 1:
-            return (index or 0, reply)
-        return (int(reply[0]), reply[1])
+        if isinstance(reply, list):
+            return (int(reply[0]), reply[1])
+        return (0, reply)
 
-    def give_back_command(self) -> Command:
+    def pause(self) -> float:
+        """Seconds to wait after a round that took nothing (0: none).
+
+        While Redis is full nothing blocks, so the subscriber polls; after
+        the pause it tries a blocking move again.
+        """
+        if not self.full:
+            return 0.0
+        self.full = False
+        return _FULL_PAUSE
+
+    def give_back_command(self, *, full: bool = False) -> Command:
         """The command moving every processing list back to its topic's head."""
-        return ("EVAL", _GIVE_BACK, 2 * len(self.topics), *self.topics, *self.keys)
+        script = _ALLOW_OOM + _GIVE_BACK if full else _GIVE_BACK
+        return ("EVAL", script, 2 * len(self.topics), *self.topics, *self.keys)
+
+    def give_back_commands(self, reply: Any) -> list[Command]:
+        """After the give-back reply: nothing, or the allow-oom retry after OOM."""
+        if isinstance(reply, redis.exceptions.OutOfMemoryError):
+            return [self.give_back_command(full=True)]
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+        return []
 
     def hand(self, taken: Taken) -> bytes:
         """Record a message as handed to the caller and return it."""
@@ -348,7 +400,12 @@ class RedisQueueSubscriber:
 
     def _call(self, operation: Callable[[], T]) -> T:
         with map_errors(ERRORS, broker=self._broker):
-            return self._retry.call(operation, retry_on=CONNECTION_ERRORS, broker=self._broker)
+            return self._retry.call(
+                operation,
+                retry_on=CONNECTION_ERRORS,
+                broker=self._broker,
+                on_retry=partial(stop_if_fatal, broker=self._broker),
+            )
 
     def open(self) -> None:
         """Do nothing: the constructor already connected (parity with the async twin).
@@ -405,15 +462,18 @@ class RedisQueueSubscriber:
                     roundtrip(connection, trims)
                     lists.trimmed(counts)
                 return lists.backlog.popleft()
-            replies = roundtrip(connection, [*trims, lists.move_command(wait)])
+            replies = roundtrip(connection, [*trims, lists.move_command(wait)], check=False)
+            check_replies(replies[:-1])
             lists.trimmed(counts)
             taken = lists.take_move(replies[-1])
-            wait_command = lists.wait_command(wait)
-            if taken is None and wait_command is not None:
-                taken = lists.take_move(roundtrip(connection, [wait_command])[0], 0)
+            follow = None if taken is not None else lists.follow_command(wait)
+            if follow is not None:
+                taken = lists.take_move(roundtrip(connection, [follow], check=False)[0])
         except BaseException:
             lists.lost()
             raise
+        if taken is None and (pause := lists.pause()):
+            time.sleep(min(pause, max(wait, 0.0)))
         return taken
 
     def ack(self) -> None:
@@ -455,11 +515,17 @@ class RedisQueueSubscriber:
             if self._released:
                 return
             try:
-                roundtrip(self._connection, [self._lists.give_back_command()])
+                self._give_back()
             except _GIVE_BACK_ERRORS as exc:
                 _kept(self._lists, exc)
             finally:
                 self._release()
+
+    def _give_back(self) -> None:
+        commands = [self._lists.give_back_command()]
+        while commands:
+            reply = roundtrip(self._connection, commands, check=False)[0]
+            commands = self._lists.give_back_commands(reply)
 
     def _release(self) -> None:
         if not self._released:
@@ -562,6 +628,7 @@ class AsyncRedisQueueSubscriber:
                 operation,
                 retry_on=CONNECTION_ERRORS,
                 broker=self._broker,
+                on_retry=partial(stop_if_fatal_async, broker=self._broker),
             )
 
     async def open(self) -> None:
@@ -592,16 +659,23 @@ class AsyncRedisQueueSubscriber:
                         await roundtrip_async(connection, trims)
                         lists.trimmed(counts)
                     return lists.backlog.popleft()
-                replies = await roundtrip_async(connection, [*trims, lists.move_command(wait)])
+                replies = await roundtrip_async(
+                    connection,
+                    [*trims, lists.move_command(wait)],
+                    check=False,
+                )
+                check_replies(replies[:-1])
                 lists.trimmed(counts)
                 taken = lists.take_move(replies[-1])
-                wait_command = lists.wait_command(wait)
-                if taken is None and wait_command is not None:
-                    reply = await roundtrip_async(connection, [wait_command])
-                    taken = lists.take_move(reply[0], 0)
+                follow = None if taken is not None else lists.follow_command(wait)
+                if follow is not None:
+                    reply = await roundtrip_async(connection, [follow], check=False)
+                    taken = lists.take_move(reply[0])
             except BaseException:
                 lists.lost()
                 raise
+        if taken is None and (pause := lists.pause()):
+            await asyncio.sleep(min(pause, wait))
         return taken
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -650,7 +724,10 @@ class AsyncRedisQueueSubscriber:
         try:
             # A message a round under way moved is in the processing list.
             await self._fetch.settle()
-            await roundtrip_async(self._connection, [self._lists.give_back_command()])
+            commands = [self._lists.give_back_command()]
+            while commands:
+                reply = await roundtrip_async(self._connection, commands, check=False)
+                commands = self._lists.give_back_commands(reply[0])
         except _GIVE_BACK_ERRORS as exc:
             _kept(self._lists, exc)
         finally:

@@ -7,6 +7,10 @@
 | ordering | per topic (stream), by entry id |
 | no subscriber | kept in the stream; a group made later with `start_id="0"` reads them |
 | acknowledgement | XACK when the next message is asked for or on `ack()`; else pending |
+| duplicates | the handed, unacked entry after a crash or `close()` (restart, claim) |
+| | an entry claimed from a slow, not dead, consumer (`claim_idle_ms`) |
+| | a send retried after its reply was lost (stored twice) |
+| reconnection | `retry=` `RetryPolicy` (30 s), then `BrokerConnectionError` |
 | max message size | 512 MiB (`proto-max-bulk-len`) |
 
 Each topic is a stream; each message is one entry with a single field
@@ -32,6 +36,11 @@ position) and reads as a named `consumer`:
 
 Up to `prefetch` entries are read per round trip; they count as pending for
 this consumer from then on (so a restart or a claim delivers them again).
+
+Reconnection: after a lost connection, the XACKs not confirmed yet are sent
+again (XACK is idempotent) and the consumer re-reads its own pending
+entries, skipping those it holds, so a read whose reply was lost is not
+lost. A reconnect by itself causes no duplicate.
 
 Example:
     ```python
@@ -86,6 +95,8 @@ from proxystore_stream.shims.redis._common import check_retry
 from proxystore_stream.shims.redis._common import check_topic
 from proxystore_stream.shims.redis._common import client_kwargs
 from proxystore_stream.shims.redis._common import default_consumer
+from proxystore_stream.shims.redis._common import stop_if_fatal
+from proxystore_stream.shims.redis._common import stop_if_fatal_async
 from proxystore_stream.shims.redis._common import topic_list
 from proxystore_stream.shims.redis._common import url_arguments
 
@@ -344,7 +355,9 @@ class RedisStreamPublisher:
         Raises:
             TypeError: If `topic` is not a str or `message` not bytes.
             PublisherClosedError: If the publisher is closed.
-            BrokerConnectionError: If Redis stays unreachable past the deadline.
+            BrokerConnectionError: If Redis stays unreachable past the
+                deadline, or refuses the credentials.
+            BufferFullError: If Redis is at ``maxmemory`` and refuses writes.
         """
         check_topic(topic)
         check_message(message)
@@ -361,6 +374,7 @@ class RedisStreamPublisher:
                 ),
                 retry_on=CONNECTION_ERRORS,
                 broker=self._broker,
+                on_retry=partial(stop_if_fatal, broker=self._broker),
             )
 
     def close(self) -> None:
@@ -487,6 +501,7 @@ class RedisStreamSubscriber:
             )
 
     def _reconnected(self, exc: BaseException) -> None:
+        stop_if_fatal(exc, self._broker)
         self._reader.reconnected()
 
     def _create_groups(self) -> None:
@@ -692,6 +707,7 @@ class AsyncRedisStreamPublisher:
                 ),
                 retry_on=CONNECTION_ERRORS,
                 broker=self._broker,
+                on_retry=partial(stop_if_fatal_async, broker=self._broker),
             )
 
     async def close(self) -> None:
@@ -818,6 +834,7 @@ class AsyncRedisStreamSubscriber:
             )
 
     async def _reconnected(self, exc: BaseException) -> None:
+        stop_if_fatal(exc, self._broker)
         self._reader.reconnected()
 
     async def _create_groups(self) -> None:
