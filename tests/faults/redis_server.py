@@ -18,8 +18,10 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -50,8 +52,10 @@ class RedisServer:
     Args:
         directory: Data directory (AOF) owned by the test; kept across restarts.
         port: Port to listen on (default: a free one, kept across restarts).
-        options: More ``redis-server`` options, e.g. ``["--requirepass", "pw"]``.
-        password: The password readiness checks use (with ``--requirepass``).
+        options: More ``redis-server`` options, e.g. ``["--requirepass", "pw"]``
+            (a later option wins over an earlier one, e.g. ``--port 0``).
+        client: Keyword arguments of the readiness check's and `client()`'s
+            redis-py client (``password``, ``ssl``, ``ssl_ca_certs``...).
     """
 
     def __init__(
@@ -60,13 +64,13 @@ class RedisServer:
         port: int | None = None,
         *,
         options: Sequence[str] = (),
-        password: str | None = None,
+        client: Mapping[str, Any] | None = None,
     ) -> None:
         self.binary = server_binary()
         self.directory = directory
         self.port = free_port() if port is None else port
         self.options = list(options)
-        self.password = password
+        self.client_options = dict(client or {})
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -106,9 +110,9 @@ class RedisServer:
         client = redis.Redis(
             HOST,
             self.port,
-            password=self.password,
             socket_connect_timeout=0.5,
             socket_timeout=0.5,
+            **self.client_options,
         )
         try:
             while True:
@@ -145,4 +149,4 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         """A plain redis-py client of this server (RESP2, for inspection)."""
-        return redis.Redis(HOST, self.port, password=self.password, protocol=2)
+        return redis.Redis(HOST, self.port, protocol=2, **self.client_options)

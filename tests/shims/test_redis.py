@@ -669,11 +669,123 @@ def secured(tmp_path: Path) -> Iterator[RedisServer]:
             "--user",
             *["app", "on", ">apppw", "~*", "&*", "+@all"],
         ],
-        password="s3cret",
+        client={"password": "s3cret"},
     )
     server.start()
     yield server
     server.stop()
+
+
+def _openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[RedisServer, dict[str, str]]]:
+    """A private redis-server speaking only TLS and asking for client certificates."""
+    if shutil.which("openssl") is None:
+        if REQUIRE_BROKERS:
+            pytest.fail("openssl is not installed", pytrace=False)
+        pytest.skip("openssl is not installed")
+    d = tmp_path / "tls"
+    d.mkdir()
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=pss-test-ca",
+        "-keyout",
+        d / "ca.key",
+        "-out",
+        d / "ca.pem",
+    )
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    for who in ("server", "client"):
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={who}",
+            "-keyout",
+            d / f"{who}.key",
+            "-out",
+            d / f"{who}.csr",
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            d / f"{who}.csr",
+            "-CA",
+            d / "ca.pem",
+            "-CAkey",
+            d / "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            d / "ext.cnf",
+            "-out",
+            d / f"{who}.pem",
+        )
+    client = {
+        "ssl": True,
+        "ssl_ca_certs": str(d / "ca.pem"),
+        "ssl_certfile": str(d / "client.pem"),
+        "ssl_keyfile": str(d / "client.key"),
+    }
+    port = free_port()
+    server = RedisServer(
+        tmp_path / "data",
+        port=port,
+        options=[
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--tls-cert-file",
+            str(d / "server.pem"),
+            "--tls-key-file",
+            str(d / "server.key"),
+            "--tls-ca-cert-file",
+            str(d / "ca.pem"),
+            "--tls-auth-clients",
+            "yes",
+        ],
+        client=client,
+    )
+    server.start()
+    yield server, {k: str(v) for k, v in client.items()}
+    server.stop()
+
+
+def test_tls_passes_through(tls_redis: tuple[RedisServer, dict[str, str]]) -> None:
+    server, tls = tls_redis
+    files = {k: v for k, v in tls.items() if k != "ssl"}
+    url = f"rediss://{HOST}:{server.port}/0"
+    with (
+        RedisQueuePublisher(HOST, server.port, ssl=True, **files) as pub,
+        RedisQueueSubscriber.from_url(url, "jobs", **files) as sub,
+        RedisStreamPublisher.from_url(url, **files) as spub,
+        RedisStreamSubscriber(HOST, server.port, "s", group="g", ssl=True, **files) as ssub,
+        RedisPublisher.from_url(url, **files) as ppub,
+        RedisSubscriber.from_url(url, "news", **files) as psub,
+    ):
+        pub.send("jobs", b"over TLS")
+        assert sub.receive(5) == b"over TLS"
+        spub.send("s", b"stream over TLS")
+        assert ssub.receive(5) == b"stream over TLS"
+        ppub.send("news", b"pub/sub over TLS")
+        assert psub.receive(5) == b"pub/sub over TLS"
+        sub.ack()
+        ssub.ack()
 
 
 def test_credentials_pass_through(secured: RedisServer) -> None:
