@@ -768,7 +768,7 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[RedisServer, dict[str, str]]]:
 
 def test_tls_passes_through(tls_redis: tuple[RedisServer, dict[str, str]]) -> None:
     server, tls = tls_redis
-    files = {k: v for k, v in tls.items() if k != "ssl"}
+    files: dict[str, Any] = {k: v for k, v in tls.items() if k != "ssl"}
     url = f"rediss://{HOST}:{server.port}/0"
     with (
         RedisQueuePublisher(HOST, server.port, ssl=True, **files) as pub,
