@@ -624,6 +624,17 @@ def test_async_stream_cancelled_receive_loses_nothing(raw: Any, topic: str) -> N
     assert asyncio.run(main()) == [b"m%02d" % i for i in range(20)]
 
 
+def test_queue_topic_that_is_not_a_list(raw: Any, topic: str) -> None:
+    raw.set(topic, b"a string")
+    with RedisQueuePublisher(HOST, PORT) as pub, pytest.raises(ValueError, match="another type"):
+        pub.send(topic, b"x")
+    with (
+        RedisQueueSubscriber(HOST, PORT, topic) as sub,
+        pytest.raises(ValueError, match="another type"),
+    ):
+        sub.receive(1)
+
+
 def test_stream_topic_that_is_not_a_stream(raw: Any, topic: str) -> None:
     raw.set(topic, b"a string")
     with pytest.raises(ValueError, match="not a stream"):

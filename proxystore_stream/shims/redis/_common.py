@@ -13,7 +13,9 @@ import socket
 import uuid
 from collections.abc import Awaitable
 from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 from typing import Generic
@@ -66,6 +68,7 @@ __all__ = [
     "stop_if_fatal_async",
     "topic_list",
     "url_arguments",
+    "wrong_type",
 ]
 
 T = TypeVar("T")
@@ -235,6 +238,25 @@ def stop_if_fatal(exc: BaseException, broker: str) -> None:
 async def stop_if_fatal_async(exc: BaseException, broker: str) -> None:
     """Async form of `stop_if_fatal` for `RetryPolicy.call_async`."""
     stop_if_fatal(exc, broker)
+
+
+@contextmanager
+def wrong_type(topics: Sequence[str], kind: str) -> Iterator[None]:
+    """Turn Redis's WRONGTYPE reply into a ValueError naming the topics.
+
+    Args:
+        topics: The topics the commands touched.
+        kind: What each topic's key must be (``"list"``).
+    """
+    try:
+        yield
+    except redis.ResponseError as exc:
+        if not str(exc).startswith("WRONGTYPE"):
+            raise
+        raise ValueError(
+            f"topic {', '.join(map(repr, topics))}: a Redis key of another type "
+            f"than {kind} has that name",
+        ) from exc
 
 
 def check_name(value: str, name: str) -> str:
@@ -422,6 +444,8 @@ class CommandPublisher:
 
     command: str
     """Name of the redis-py method called as ``method(topic, message)``."""
+    key_type = "list"
+    """What a topic's key must be for `command` (named in the ValueError)."""
 
     protocol = 2
     connection_errors = CONNECTION_ERRORS
@@ -458,6 +482,7 @@ class CommandPublisher:
 
         Raises:
             TypeError: If `topic` is not a str or `message` not bytes.
+            ValueError: If `topic` names a Redis key of another type.
             PublisherClosedError: If the publisher is closed.
             BrokerConnectionError: If Redis stays unreachable past the
                 policy's deadline, or refuses the credentials.
@@ -467,7 +492,7 @@ class CommandPublisher:
         check_message(message)
         if self._closed:
             raise PublisherClosedError(f"{type(self).__name__} is closed")
-        with map_errors(ERRORS, broker=self._broker):
+        with map_errors(ERRORS, broker=self._broker), wrong_type([topic], self.key_type):
             self._retry.call(
                 partial(self._run, topic, message),
                 retry_on=CONNECTION_ERRORS,
@@ -492,6 +517,8 @@ class AsyncCommandPublisher:
 
     command: str
     """Name of the redis.asyncio method awaited as ``method(topic, message)``."""
+    key_type = "list"
+    """What a topic's key must be for `command` (named in the ValueError)."""
 
     protocol = 2
     connection_errors = CONNECTION_ERRORS
@@ -523,7 +550,7 @@ class AsyncCommandPublisher:
         check_message(message)
         if self._closed:
             raise PublisherClosedError(f"{type(self).__name__} is closed")
-        with map_errors(ERRORS, broker=self._broker):
+        with map_errors(ERRORS, broker=self._broker), wrong_type([topic], self.key_type):
             await self._retry.call_async(
                 partial(self._run, topic, message),
                 retry_on=CONNECTION_ERRORS,

@@ -98,6 +98,7 @@ from proxystore_stream.shims.redis._common import stop_if_fatal
 from proxystore_stream.shims.redis._common import stop_if_fatal_async
 from proxystore_stream.shims.redis._common import topic_list
 from proxystore_stream.shims.redis._common import url_arguments
+from proxystore_stream.shims.redis._common import wrong_type
 
 __all__ = [
     "AsyncRedisQueuePublisher",
@@ -399,7 +400,7 @@ class RedisQueueSubscriber:
         return self._lists.consumer
 
     def _call(self, operation: Callable[[], T]) -> T:
-        with map_errors(ERRORS, broker=self._broker):
+        with map_errors(ERRORS, broker=self._broker), wrong_type(self._lists.topics, "list"):
             return self._retry.call(
                 operation,
                 retry_on=CONNECTION_ERRORS,
@@ -433,6 +434,7 @@ class RedisQueueSubscriber:
         Raises:
             StreamTimeoutError: If no message arrived in time.
             SubscriberClosedError: If the subscriber is (or gets) closed.
+            ValueError: If a topic names a Redis key that is not a list.
             BrokerConnectionError: If Redis stays unreachable past the deadline.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -623,7 +625,7 @@ class AsyncRedisQueueSubscriber:
         return self._lists.consumer
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
-        with map_errors(ERRORS, broker=self._broker):
+        with map_errors(ERRORS, broker=self._broker), wrong_type(self._lists.topics, "list"):
             return await self._retry.call_async(
                 operation,
                 retry_on=CONNECTION_ERRORS,
