@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -684,7 +685,7 @@ def secured(tmp_path: Path) -> Iterator[RedisServer]:
     )
     server.start()
     yield server
-    server.stop()
+    server.stop(signal.SIGKILL)
 
 
 def _openssl(*args: str | Path) -> None:
@@ -774,7 +775,7 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[RedisServer, dict[str, str]]]:
     )
     server.start()
     yield server, {k: str(v) for k, v in client.items()}
-    server.stop()
+    server.stop(signal.SIGKILL)
 
 
 def test_tls_passes_through(tls_redis: tuple[RedisServer, dict[str, str]]) -> None:
@@ -882,7 +883,7 @@ def test_full_redis_refuses_sends_and_consumers_still_drain_it(tmp_path: Path, m
         pub.close()
         if sub is not None:
             sub.close()
-        server.stop()
+        server.stop(signal.SIGKILL)
 
 
 async def _drain_async(port: int, topic: str, count: int) -> list[bytes]:
