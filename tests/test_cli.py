@@ -146,6 +146,7 @@ def test_bench_file_store_and_async_concurrent_topics(tmp_path: Path) -> None:
     for row in rows:
         assert row["error"] is None, row
         assert row["count"] == 20
+        assert row["cpu_us_per_message"] > 0, row
         expected = row["path"] in ("ours", "ours-concurrent")
         assert (row["ratio_async_over_sync"] is not None) is expected, row
     by_path = {row["path"]: row for row in rows}

@@ -223,6 +223,9 @@ class Measurement:
         p99_us: 99th percentile latency in microseconds.
         error: Why the run failed, if it did.
         rounds: Rounds measured; this is the fastest of them.
+        cpu_seconds: CPU time of the whole bench process (every thread,
+            including the client libraries' own) from first send to last
+            arrival; less disturbed by other load than the wall time.
     """
 
     path: str
@@ -234,6 +237,7 @@ class Measurement:
     p99_us: float = 0.0
     error: str | None = None
     rounds: int = 1
+    cpu_seconds: float = 0.0
 
     @property
     def per_message(self) -> float:
@@ -246,6 +250,11 @@ class Measurement:
         return self.count / self.seconds if self.seconds > 0 else 0.0
 
     @property
+    def cpu_us_per_message(self) -> float:
+        """Process CPU microseconds per message (0 when nothing arrived)."""
+        return self.cpu_seconds / self.count * 1e6 if self.count else 0.0
+
+    @property
     def mb_per_second(self) -> float:
         """Payload megabytes (10^6 bytes) per second."""
         return self.messages_per_second * self.size / 1e6
@@ -255,6 +264,7 @@ class Measurement:
         data = asdict(self)
         data["messages_per_second"] = self.messages_per_second
         data["mb_per_second"] = self.mb_per_second
+        data["cpu_us_per_message"] = self.cpu_us_per_message
         return data
 
 
@@ -303,8 +313,9 @@ def _measurement(
     size: int,
     tallies: list[_Tally],
     start: int,
+    cpu_seconds: float,
 ) -> Measurement:
-    result = Measurement(path, label, size)
+    result = Measurement(path, label, size, cpu_seconds=cpu_seconds)
     errors = [error for tally in tallies for error in tally.errors]
     if errors:
         result.error = errors[0]
@@ -571,16 +582,16 @@ def _run_ours(
     task = runner.progress.add_task(f"{format_size(size)} {label}", total=count * topics)
     try:
         if use_async:
-            start = _run_ours_async(
+            start, cpu = _run_ours_async(
                 target, config, store, names, payloads, count, runner, tallies, task
             )
         else:
-            start = _run_ours_sync(
+            start, cpu = _run_ours_sync(
                 target, config, store, names, payloads, count, runner, tallies, task
             )
     finally:
         runner.progress.remove_task(task)
-    return _measurement(path, label, size, tallies, start)
+    return _measurement(path, label, size, tallies, start, cpu)
 
 
 def _ours_names(config: BenchConfig, topics: int, use_async: bool) -> tuple[str, str]:
@@ -617,8 +628,8 @@ def _run_ours_sync(
     runner: _Runner,
     tallies: list[_Tally],
     task: Any,
-) -> int:
-    """K producer threads and K consumer threads; returns the start time (ns)."""
+) -> tuple[int, float]:
+    """K producer threads and K consumer threads; returns the start (ns) and CPU seconds."""
     threads: list[threading.Thread] = []
     closers: list[Callable[[], None]] = []
     stalled = False
@@ -628,13 +639,15 @@ def _run_ours_sync(
             threads += made
             closers.append(close)
         start = time.perf_counter_ns()
+        cpu = time.process_time()
         stalled = not runner.wait(threads, tallies, task)
+        cpu = time.process_time() - cpu
     finally:
         # Threads that stalled may still use the endpoints: leave those be.
         if not stalled:
             for close in closers:
                 close()
-    return start
+    return start, cpu
 
 
 def _run_ours_async(
@@ -647,22 +660,25 @@ def _run_ours_async(
     runner: _Runner,
     tallies: list[_Tally],
     task: Any,
-) -> int:
-    """K producer tasks and K consumer tasks in one loop; returns the start (ns)."""
+) -> tuple[int, float]:
+    """K producer tasks and K consumer tasks in one loop; returns the start (ns) and CPU s."""
     topics = [
         _AsyncTopic(target, config, store, name, payloads, count, runner, tally)
         for name, tally in zip(names, tallies, strict=True)
     ]
     start: list[int] = []
+    cpu: list[float] = []
 
     async def main() -> None:
         try:
             await asyncio.gather(*(topic.setup() for topic in topics))
             start.append(time.perf_counter_ns())
+            cpu.append(time.process_time())
             await asyncio.gather(
                 *(_guarded(t.tally, t.produce()) for t in topics),
                 *(_guarded(t.tally, t.consume()) for t in topics),
             )
+            cpu.append(time.process_time())
         finally:
             for topic in topics:
                 await topic.close()
@@ -672,7 +688,9 @@ def _run_ours_async(
         daemon=True,
     )
     runner.wait([loop_thread], tallies, task)
-    return start[0] if start else time.perf_counter_ns()
+    if not start:
+        return time.perf_counter_ns(), 0.0
+    return start[0], cpu[-1] - cpu[0] if len(cpu) == 2 else 0.0
 
 
 class _PlainFiles:
@@ -758,12 +776,14 @@ def _run_bare(
             threading.Thread(target=_guard(tally, consume), daemon=True),
         ]
         start = time.perf_counter_ns()
+        cpu = time.process_time()
         finished = runner.wait(threads, [tally], task)
+        cpu = time.process_time() - cpu
     finally:
         runner.progress.remove_task(task)
     if finished:
         client.close()
-    return _measurement(path, label, size, [tally], start)
+    return _measurement(path, label, size, [tally], start, cpu)
 
 
 def _send_warmup(client: Any, payloads: _Payloads) -> None:
@@ -958,7 +978,8 @@ def results_table(config: BenchConfig, results: list[Measurement]) -> Table:
     """Return the final table: one row per path and size."""
     mode = "async and sync" if config.use_async else "sync"
     caption = (
-        "latency p50/p99: send to arrival (queueing included); vs bare/file: "
+        "latency p50/p99: send to arrival (queueing included); CPU/msg: CPU time "
+        "of the whole process per message; vs bare/file: "
         "our time per message / theirs (lower is better, < 1 is faster)"
     )
     if config.use_async:
@@ -980,6 +1001,7 @@ def results_table(config: BenchConfig, results: list[Measurement]) -> Table:
     table.add_column("MB/s", justify="right")
     table.add_column("p50", justify="right")
     table.add_column("p99", justify="right")
+    table.add_column("CPU/msg", justify="right")
     table.add_column("vs bare", justify="right")
     if config.store == "file":
         table.add_column("vs file", justify="right")
@@ -990,7 +1012,7 @@ def results_table(config: BenchConfig, results: list[Measurement]) -> Table:
         size = format_size(result.size) if result.size != previous else ""
         previous = result.size
         if result.error:
-            cells = [size, result.label, "", "", "", "", "", f"[red]{result.error}[/red]"]
+            cells = [size, result.label, "", "", "", "", "", "", f"[red]{result.error}[/red]"]
         else:
             cells = [
                 size,
@@ -1000,6 +1022,7 @@ def results_table(config: BenchConfig, results: list[Measurement]) -> Table:
                 _fmt(result.mb_per_second, 1),
                 _fmt_us(result.p50_us),
                 _fmt_us(result.p99_us),
+                _fmt_us(result.cpu_us_per_message),
                 _ratio(found.vs_bare),
             ]
         if config.store == "file":
