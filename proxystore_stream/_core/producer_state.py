@@ -122,6 +122,22 @@ class PreparedBatch:
             )
         for slot, key in zip(self._key_slots, keys, strict=True):
             self._events[slot][1] = key
+        events = self._events
+        if len(events) == 1 and events[0][0] == INLINE and type(events[0][1]) is list:
+            # One object (e.g. one that filled max_batch_bytes by itself):
+            # copied once, straight into the message.
+            _, frames, metadata = events[0]
+            return encode_single_inline(
+                single_inline_head(self.topic, self._producer_id),
+                self._seq,
+                single_inline_tail(self._serializer),
+                frames,
+                pack_metadata(metadata),
+                signing_key=self._signing_key,
+            )
+        for event in events:
+            if event[0] == INLINE and type(event[1]) is list:
+                event[1] = b"".join(event[1])
         return encode_wire(
             self.topic,
             self._producer_id,
@@ -352,12 +368,12 @@ class ProducerState(Generic[T]):
         for item in ready.objects:
             serializer, frames = self._serialized(item, store)
             if store is None:
-                events.append([INLINE, b"".join(frames), item.metadata])
+                events.append([INLINE, frames, item.metadata])
                 continue
             if self._threshold is not None and _size(frames) < self._threshold:
                 if serializer.name != self._serializer.name:
                     frames = self._serializer.dumps(item.obj)
-                events.append([INLINE, b"".join(frames), item.metadata])
+                events.append([INLINE, frames, item.metadata])
                 continue
             index = store_index.get(serializer.name)
             if index is None:
