@@ -98,6 +98,26 @@ class _Materializer:
         return stores
 
 
+class _LastDelivery:
+    """The last-delivery properties both consumer twins share."""
+
+    _last: Delivery | None
+
+    @property
+    def last_event_id(self) -> str | None:
+        """Stable id of the event of the object returned last (None before the first).
+
+        The id (``producer_id:seq:index``) is the same when a broker
+        delivers the event again, so consumers can drop duplicates with it.
+        """
+        return None if self._last is None else self._last.event_id
+
+    @property
+    def last_topic(self) -> str | None:
+        """Topic of the object returned last (None before the first)."""
+        return None if self._last is None else self._last.topic
+
+
 def _state(
     filter_: Filter | None,
     topics: Iterable[str] | None,
@@ -135,7 +155,7 @@ def _topic_hint(subscriber: Any, topics: Iterable[str] | None) -> str | None:
     return ", ".join(names) if names else None
 
 
-class StreamConsumer(Generic[T]):
+class StreamConsumer(_LastDelivery, Generic[T]):
     """Iterate over the objects of a stream.
 
     Iteration yields the object itself for inline events and a lazy `Proxy`
@@ -185,20 +205,6 @@ class StreamConsumer(Generic[T]):
         self._receive = getattr(subscriber, "receive", None)
         self._iterator: Iterator[bytes] | None = None
         self._last: Delivery | None = None
-
-    @property
-    def last_event_id(self) -> str | None:
-        """Stable id of the event of the object returned last (None before the first).
-
-        The id (``producer_id:seq:index``) is the same when a broker
-        delivers the event again, so consumers can drop duplicates with it.
-        """
-        return None if self._last is None else self._last.event_id
-
-    @property
-    def last_topic(self) -> str | None:
-        """Topic of the object returned last (None before the first)."""
-        return None if self._last is None else self._last.topic
 
     def __enter__(self) -> Self:
         return self
@@ -322,7 +328,7 @@ class StreamConsumer(Generic[T]):
             self.subscriber.close()
 
 
-class AsyncStreamConsumer(Generic[T]):
+class AsyncStreamConsumer(_LastDelivery, Generic[T]):
     """Async twin of `StreamConsumer`: same arguments, awaitable methods, `async for`.
 
     Store reads and evictions run in a worker thread. A cancelled `next()`
@@ -353,20 +359,6 @@ class AsyncStreamConsumer(Generic[T]):
         self._receive = getattr(subscriber, "receive", None)
         self._iterator: AsyncIterator[bytes] | None = None
         self._last: Delivery | None = None
-
-    @property
-    def last_event_id(self) -> str | None:
-        """Stable id of the event of the object returned last (None before the first).
-
-        The id (``producer_id:seq:index``) is the same when a broker
-        delivers the event again, so consumers can drop duplicates with it.
-        """
-        return None if self._last is None else self._last.event_id
-
-    @property
-    def last_topic(self) -> str | None:
-        """Topic of the object returned last (None before the first)."""
-        return None if self._last is None else self._last.topic
 
     async def __aenter__(self) -> Self:
         return self

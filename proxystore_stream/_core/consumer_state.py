@@ -50,12 +50,22 @@ STREAM_END = _Sentinel("STREAM_END")
 """Every topic of the consumer has ended."""
 
 
-def _event_id(producer_id: str, seq: int, index: int) -> str:
-    return f"{producer_id}:{seq}:{index}"
+class _Delivered:
+    """What the two kinds of hand-over share: where the event came from."""
+
+    __slots__ = ()
+    producer_id: str
+    seq: int
+    index: int
+
+    @property
+    def event_id(self) -> str:
+        """Stable id of the event: ``producer_id:seq:index`` (the same on redelivery)."""
+        return f"{self.producer_id}:{self.seq}:{self.index}"
 
 
 @dataclass(slots=True)
-class InlineObject:
+class InlineObject(_Delivered):
     """Hand over an object that travelled in the message."""
 
     topic: str
@@ -66,14 +76,9 @@ class InlineObject:
     seq: int
     index: int
 
-    @property
-    def event_id(self) -> str:
-        """Stable id of the event: ``producer_id:seq:index`` (the same on redelivery)."""
-        return _event_id(self.producer_id, self.seq, self.index)
-
 
 @dataclass(slots=True)
-class StoredObject:
+class StoredObject(_Delivered):
     """Hand over an object kept in a store (usually as a lazy proxy)."""
 
     topic: str
@@ -84,11 +89,6 @@ class StoredObject:
     producer_id: str
     seq: int
     index: int
-
-    @property
-    def event_id(self) -> str:
-        """Stable id of the event: ``producer_id:seq:index`` (the same on redelivery)."""
-        return _event_id(self.producer_id, self.seq, self.index)
 
 
 @dataclass(slots=True)
