@@ -17,7 +17,12 @@ What the node needs, found by trying:
   system's ``rabbitmq-env.conf`` sets the shared node's name and its
   ``rabbitmq.conf`` a listener on 5672, which would clash;
 - ``HOME`` in our directory: the Erlang cookie is created there;
-- the distribution listener bound to loopback (``inet_dist_use_interface``).
+- the distribution listener bound to loopback (``inet_dist_use_interface``);
+- ports below the kernel's ephemeral range: clients that reconnect while
+  the node is down make many outgoing connections to its port, and one of
+  them can be given that very port as its own source port (a TCP
+  self-connect), after which the restarted node fails with ``eaddrinuse``.
+  That happened here with a port from ``free_port()``.
 
 A node starts in about 6 to 8 s on this machine and restarts (same data
 directory, after SIGKILL) in about 6 s. Readiness is an AMQP handshake that
@@ -28,8 +33,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -43,6 +50,28 @@ from tests.conftest import port_open
 
 HOST = "127.0.0.1"
 _CANDIDATES = ("/usr/lib/rabbitmq/bin/rabbitmq-server",)
+
+
+def _ephemeral_low() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def quiet_port() -> int:
+    """Return a free loopback port below the ephemeral range (see the module docstring)."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(10_000, max(low, 10_001))
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 def server_script() -> str | None:
@@ -72,8 +101,8 @@ class RabbitMQNode:
             pytest.skip(reason)
         self.script = script
         self.base = base
-        self.port = free_port()
-        self.dist_port = free_port()
+        self.port = quiet_port()
+        self.dist_port = quiet_port()
         self.name = f"pss{self.port}@localhost"
         self.process: subprocess.Popen[bytes] | None = None
         base.mkdir(parents=True, exist_ok=True)

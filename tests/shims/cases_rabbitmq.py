@@ -80,7 +80,6 @@ class RabbitMQFactory:
         # Publishers also declare topics no subscriber asked for.
         for pub in self.publishers:
             self.names.update(getattr(pub, "_declared", ()))
-            self.names.update(getattr(pub, "_exchanges", {}))
         delete_broker_objects(self.mode, self.names)
 
 

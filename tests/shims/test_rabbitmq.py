@@ -566,3 +566,24 @@ def test_channel_closed_by_broker_is_reported_not_retried(topics: list[str]) -> 
 
     asyncio.run(main())
     assert time.monotonic() - start < 5
+
+
+def test_async_explicit_ack_reaches_the_broker_before_close(topics: list[str]) -> None:
+    """ack() returns once the broker applied it: a close right after loses no ack."""
+    topic = topics[0]
+
+    async def main() -> list[bytes]:
+        async with AsyncRabbitMQPublisher(**Q) as pub:
+            for i in range(3):
+                await pub.send(topic, b"job-%d" % i)
+        async with AsyncRabbitMQSubscriber(topic, **Q) as first:
+            assert [await first.receive(10) for _ in range(2)] == [b"job-0", b"job-1"]
+            await first.ack()
+        async with AsyncRabbitMQSubscriber(topic, **Q) as second:
+            rest = [await second.receive(10)]
+            await second.ack()
+            with pytest.raises(StreamTimeoutError):
+                await second.receive(0.3)
+            return rest
+
+    assert asyncio.run(main()) == [b"job-2"]
