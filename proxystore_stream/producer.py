@@ -169,15 +169,11 @@ class StreamProducer(Generic[T]):
             TopicClosedError: If the topic was closed with `close_topics()`.
             TypeError: If metadata is not a plain-data dict with str keys.
         """
-        state = self._state
-        if type(topic) is str and topic in state.direct_topics:
-            message = state.encode_direct(topic, obj, metadata)
-            if message is not None:
-                self.publisher.send(topic, message)
-            return
-        ready = state.submit(topic, obj, evict=evict, metadata=metadata)
-        if ready is not None:
-            self._publish(ready)
+        accepted = self._state.accept(topic, obj, evict=evict, metadata=metadata)
+        if isinstance(accepted, bytes):
+            self.publisher.send(topic, accepted)
+        elif accepted is not None:
+            self._publish(accepted)
 
     def flush_topic(self, topic: str) -> None:
         """Send a topic's buffered objects now, as one (partial) batch."""
@@ -307,15 +303,11 @@ class AsyncStreamProducer(Generic[T]):
         metadata: dict[str, Any] | None = None,
     ) -> None:
         """Send an object to a topic (see `StreamProducer.send`)."""
-        state = self._state
-        if type(topic) is str and topic in state.direct_topics:
-            message = state.encode_direct(topic, obj, metadata)
-            if message is not None:
-                await self.publisher.send(topic, message)
-            return
-        ready = state.submit(topic, obj, evict=evict, metadata=metadata)
-        if ready is not None:
-            await self._publish(ready)
+        accepted = self._state.accept(topic, obj, evict=evict, metadata=metadata)
+        if isinstance(accepted, bytes):
+            await self.publisher.send(topic, accepted)
+        elif accepted is not None:
+            await self._publish(accepted)
 
     async def flush_topic(self, topic: str) -> None:
         """Send a topic's buffered objects now."""

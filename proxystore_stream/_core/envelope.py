@@ -143,6 +143,14 @@ EMPTY_METADATA = b"\x80"
 """`pack_metadata({})`."""
 
 
+def frames_size(frames: list[Buffer]) -> int:
+    """Total bytes of a serializer's frames."""
+    size = 0
+    for frame in frames:
+        size += len(frame) if type(frame) is bytes else memoryview(frame).nbytes
+    return size
+
+
 def encode_single_inline(
     head: bytes,
     seq: int,
@@ -165,9 +173,7 @@ def encode_single_inline(
     Raises:
         ValueError: If the object is 4 GiB or more (msgpack's limit).
     """
-    size = 0
-    for frame in frames:
-        size += len(frame) if type(frame) is bytes else memoryview(frame).nbytes
+    size = frames_size(frames)
     if size < 0x100:
         length = b"\xc4" + size.to_bytes(1, "big")
     elif size < 0x10000:

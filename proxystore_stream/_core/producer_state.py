@@ -27,6 +27,7 @@ from proxystore_stream._core.envelope import INLINE
 from proxystore_stream._core.envelope import KEY
 from proxystore_stream._core.envelope import encode_single_inline
 from proxystore_stream._core.envelope import encode_wire
+from proxystore_stream._core.envelope import frames_size
 from proxystore_stream._core.envelope import pack_metadata
 from proxystore_stream._core.envelope import single_inline_head
 from proxystore_stream._core.envelope import single_inline_tail
@@ -149,10 +150,6 @@ class PreparedBatch:
         )
 
 
-def _size(frames: list[Buffer]) -> int:
-    return sum(memoryview(frame).nbytes for frame in frames)
-
-
 class ProducerState(Generic[T]):
     """Producer logic with no I/O.
 
@@ -234,6 +231,27 @@ class ProducerState(Generic[T]):
                 self.direct_topics.add(topic)
         return state
 
+    def accept(
+        self,
+        topic: str,
+        obj: T,
+        *,
+        evict: bool = True,
+        metadata: dict[str, Any] | None = None,
+    ) -> bytes | ReadyBatch[T] | None:
+        """Accept an object by the direct path if its topic has one, else `submit`.
+
+        Returns:
+            A message to publish as it is (direct path), a batch to `prepare`
+            and publish, or None when there is nothing to send yet.
+
+        Raises:
+            As `submit`.
+        """
+        if type(topic) is str and topic in self.direct_topics:
+            return self.encode_direct(topic, obj, metadata)
+        return self.submit(topic, obj, evict=evict, metadata=metadata)
+
     def encode_direct(
         self,
         topic: str,
@@ -297,7 +315,7 @@ class ProducerState(Generic[T]):
             return None
         item = PendingObject(obj, evict, metadata)
         if self._aggregator is None:
-            state.buffered_bytes += _size(self._serialized(item, self._store_for(topic))[1])
+            state.buffered_bytes += frames_size(self._serialized(item, self._store_for(topic))[1])
         state.buffer.append(item)
         if len(state.buffer) >= self._batch_size or (
             self._max_batch_bytes is not None and state.buffered_bytes >= self._max_batch_bytes
@@ -370,7 +388,7 @@ class ProducerState(Generic[T]):
             if store is None:
                 events.append([INLINE, frames, item.metadata])
                 continue
-            if self._threshold is not None and _size(frames) < self._threshold:
+            if self._threshold is not None and frames_size(frames) < self._threshold:
                 if serializer.name != self._serializer.name:
                     frames = self._serializer.dumps(item.obj)
                 events.append([INLINE, frames, item.metadata])

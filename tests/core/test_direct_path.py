@@ -17,6 +17,7 @@ from proxystore_stream._core.consumer_state import InlineObject
 from proxystore_stream._core.envelope import _pack_uint
 from proxystore_stream._core.envelope import decode_wire
 from proxystore_stream._core.producer_state import ProducerState
+from proxystore_stream._core.producer_state import ReadyBatch
 from proxystore_stream.serialize import MsgpackSerializer
 from proxystore_stream.serialize import PickleSerializer
 from proxystore_stream.serialize import Serializer
@@ -131,3 +132,15 @@ def test_take_equals_receive_then_next_step() -> None:
 @pytest.mark.parametrize("n", [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1])
 def test_sequence_numbers_are_packed_as_msgpack_does(n: int) -> None:
     assert _pack_uint(n) == msgpack.packb(n)
+
+
+def test_accept_picks_the_direct_path_once_the_topic_is_open() -> None:
+    direct, _ = _pair(PickleSerializer(), filter_=lambda m: m.get("drop", False))
+    first = direct.accept("t", 0)
+    assert isinstance(first, ReadyBatch)  # the first object opens the topic
+    direct.prepare(first)
+    assert isinstance(direct.accept("t", 1), bytes)
+    assert direct.accept("t", 2, metadata={"drop": True}) is None
+    batched, _ = _pair(PickleSerializer(), batch_size=2)
+    assert batched.accept("t", 0) is None
+    assert isinstance(batched.accept("t", 1), ReadyBatch)
