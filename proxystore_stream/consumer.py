@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
-from types import TracebackType
 from typing import Any
 from typing import Generic
 from typing import Self
 from typing import TypeVar
 
+from proxystore_stream._context import AsyncClosingContext
+from proxystore_stream._context import ClosingContext
 from proxystore_stream._core.consumer_state import NEED_MESSAGE
 from proxystore_stream._core.consumer_state import STREAM_END
 from proxystore_stream._core.consumer_state import ConsumerState
@@ -155,7 +156,7 @@ def _topic_hint(subscriber: Any, topics: Iterable[str] | None) -> str | None:
     return ", ".join(names) if names else None
 
 
-class StreamConsumer(_LastDelivery, Generic[T]):
+class StreamConsumer(_LastDelivery, ClosingContext, Generic[T]):
     """Iterate over the objects of a stream.
 
     Iteration yields the object itself for inline events and a lazy `Proxy`
@@ -205,17 +206,6 @@ class StreamConsumer(_LastDelivery, Generic[T]):
         self._receive = getattr(subscriber, "receive", None)
         self._iterator: Iterator[bytes] | None = None
         self._last: Delivery | None = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __iter__(self) -> Self:
         return self
@@ -328,7 +318,7 @@ class StreamConsumer(_LastDelivery, Generic[T]):
             self.subscriber.close()
 
 
-class AsyncStreamConsumer(_LastDelivery, Generic[T]):
+class AsyncStreamConsumer(_LastDelivery, AsyncClosingContext, Generic[T]):
     """Async twin of `StreamConsumer`: same arguments, awaitable methods, `async for`.
 
     Store reads and evictions run in a worker thread. A cancelled `next()`
@@ -359,17 +349,6 @@ class AsyncStreamConsumer(_LastDelivery, Generic[T]):
         self._receive = getattr(subscriber, "receive", None)
         self._iterator: AsyncIterator[bytes] | None = None
         self._last: Delivery | None = None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def __aiter__(self) -> Self:
         return self

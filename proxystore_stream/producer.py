@@ -11,12 +11,12 @@ import asyncio
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 from typing import Generic
-from typing import Self
 from typing import TypeVar
 
+from proxystore_stream._context import AsyncClosingContext
+from proxystore_stream._context import ClosingContext
 from proxystore_stream._core.producer_state import DEFAULT_MAX_BATCH_BYTES
 from proxystore_stream._core.producer_state import PreparedBatch
 from proxystore_stream._core.producer_state import ProducerState
@@ -57,7 +57,7 @@ class _Stores:
         return list(unique.values())
 
 
-class StreamProducer(Generic[T]):
+class StreamProducer(ClosingContext, Generic[T]):
     """Send objects to topics: inline through the broker, or via a store.
 
     Objects of a topic that has a store are put in the store and the event
@@ -121,17 +121,6 @@ class StreamProducer(Generic[T]):
     def producer_id(self) -> str:
         """Random id carried in every message (tells producers apart)."""
         return self._state.producer_id
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _publish(self, ready: ReadyBatch[T]) -> None:
         prepared: PreparedBatch = self._state.prepare(ready)
@@ -229,7 +218,7 @@ class StreamProducer(Generic[T]):
             self.publisher.close()
 
 
-class AsyncStreamProducer(Generic[T]):
+class AsyncStreamProducer(AsyncClosingContext, Generic[T]):
     """Async twin of `StreamProducer`: same arguments, awaitable methods.
 
     Store writes run in a worker thread so they never block the event loop.
@@ -268,17 +257,6 @@ class AsyncStreamProducer(Generic[T]):
     def producer_id(self) -> str:
         """Random id carried in every message (tells producers apart)."""
         return self._state.producer_id
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def _publish(self, ready: ReadyBatch[T]) -> None:
         prepared: PreparedBatch = self._state.prepare(ready)

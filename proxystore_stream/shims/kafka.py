@@ -81,6 +81,8 @@ from typing import Any
 from typing import NamedTuple
 from typing import Self
 
+from proxystore_stream._context import AsyncClosingContext
+from proxystore_stream._context import ClosingContext
 from proxystore_stream._offload import SLICE_SECONDS
 from proxystore_stream.exceptions import BrokerConnectionError
 from proxystore_stream.exceptions import PublisherClosedError
@@ -529,7 +531,7 @@ def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
-class KafkaPublisher:
+class KafkaPublisher(ClosingContext):
     """Publisher over a `kafka.KafkaProducer` (or a confluent-kafka `Producer`).
 
     Messages are batched by the client; nothing is flushed per message. The
@@ -625,12 +627,6 @@ class KafkaPublisher:
         except BaseException:
             client.close(timeout=0)
             raise
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _ensure_topic(self, topic: str) -> None:
         if topic in self._known:
@@ -818,7 +814,7 @@ class KafkaPublisher:
             logger.warning("Closing the Kafka producer failed: %s", error)
 
 
-class AsyncKafkaPublisher:
+class AsyncKafkaPublisher(AsyncClosingContext):
     """Async twin of `KafkaPublisher` over a started `aiokafka.AIOKafkaProducer`.
 
     Args:
@@ -892,12 +888,6 @@ class AsyncKafkaPublisher:
             admin["bootstrap_servers"] = servers
             admin["request_timeout_ms"] = _DEFAULT_TIMEOUT_MS
         return cls(client, admin_config=admin, retry=policy)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     def _done(self, future: asyncio.Future[Any]) -> None:
         self._pending.discard(future)
@@ -1038,7 +1028,7 @@ async def _start(client: Any, servers: Any) -> None:
 # ------------------------------------------------------------------ subscribers
 
 
-class KafkaSubscriber:
+class KafkaSubscriber(ClosingContext):
     """Subscriber over a subscribed `kafka.KafkaConsumer` (or confluent `Consumer`).
 
     Messages are handed over one at a time from the client's fetched
@@ -1163,12 +1153,6 @@ class KafkaSubscriber:
         except BaseException:
             client.close(autocommit=False, timeout_ms=0)
             raise
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __iter__(self) -> Iterator[bytes]:
         """Yield messages until the subscriber is closed."""
@@ -1437,7 +1421,7 @@ else:  # pragma: no cover - kafka-python 2.x calls listeners inside poll()
             self._subscriber._on_assign(assigned)
 
 
-class AsyncKafkaSubscriber:
+class AsyncKafkaSubscriber(AsyncClosingContext):
     """Async twin of `KafkaSubscriber` over an `aiokafka.AIOKafkaConsumer`.
 
     `receive()` is cancellation-safe: aiokafka's `getmany` takes records
@@ -1525,12 +1509,6 @@ class AsyncKafkaSubscriber:
         subscriber._broker = subscriber._outage.broker = _describe(servers)
         await _start(client, servers)
         return subscriber
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         """Yield messages until the subscriber is closed."""

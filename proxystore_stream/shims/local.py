@@ -47,11 +47,11 @@ from collections.abc import AsyncIterator
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
-from types import TracebackType
 from typing import Literal
-from typing import Self
 from typing import TypeVar
 
+from proxystore_stream._context import AsyncClosingContext
+from proxystore_stream._context import ClosingContext
 from proxystore_stream.exceptions import BufferFullError
 from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import StreamTimeoutError
@@ -367,7 +367,7 @@ def _subscribe(
     return names, buffer
 
 
-class LocalPublisher:
+class LocalPublisher(ClosingContext):
     """Publisher sending to the subscribers of a `LocalBroker`.
 
     Args:
@@ -422,19 +422,8 @@ class LocalPublisher:
         """Close this publisher (idempotent); its messages stay buffered for subscribers."""
         self._closed = True
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class LocalSubscriber:
+class LocalSubscriber(ClosingContext):
     """Subscriber to one or more topics of a `LocalBroker`.
 
     Attached (and receiving) from the moment it is constructed.
@@ -511,19 +500,8 @@ class LocalSubscriber:
         self._broker._detach(self._topics, self._buffer)
         self._buffer.close()
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class AsyncLocalPublisher:
+class AsyncLocalPublisher(AsyncClosingContext):
     """Async twin of `LocalPublisher`: waits for room without blocking the event loop."""
 
     def __init__(self, broker: LocalBroker, *, timeout: float | None = None) -> None:
@@ -558,19 +536,8 @@ class AsyncLocalPublisher:
         """Close this publisher (idempotent)."""
         self._closed = True
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-
-class AsyncLocalSubscriber:
+class AsyncLocalSubscriber(AsyncClosingContext):
     """Async twin of `LocalSubscriber`.
 
     Waiting parks a future that publishers in any thread resolve through
@@ -624,14 +591,3 @@ class AsyncLocalSubscriber:
         """Detach from the broker and drop buffered messages (see `LocalSubscriber.close`)."""
         self._broker._detach(self._topics, self._buffer)
         self._buffer.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

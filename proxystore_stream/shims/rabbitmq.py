@@ -90,7 +90,6 @@ from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 from typing import Literal
 from typing import Self
@@ -108,6 +107,8 @@ except ImportError as e:  # pragma: no cover - exercised by the extras test
 
     require(__name__, "pika", "rabbitmq", e)
 
+from proxystore_stream._context import AsyncOpeningContext
+from proxystore_stream._context import ClosingContext
 from proxystore_stream._offload import SLICE_SECONDS
 from proxystore_stream.exceptions import BrokerConnectionError
 from proxystore_stream.exceptions import BufferFullError
@@ -490,7 +491,7 @@ def _close_quietly(connection: Any) -> None:
             connection.close()
 
 
-class RabbitMQPublisher:
+class RabbitMQPublisher(ClosingContext):
     """Publisher to RabbitMQ exchanges (fan-out) or durable queues (work queue).
 
     Args:
@@ -804,19 +805,8 @@ class RabbitMQPublisher:
             self._closed = True
             _close_quietly(self._connection)
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class RabbitMQSubscriber:
+class RabbitMQSubscriber(ClosingContext):
     """Subscriber to one or more topics of RabbitMQ.
 
     Args:
@@ -1059,17 +1049,6 @@ class RabbitMQSubscriber:
         self._buffer.clear()
         _close_quietly(self._connection)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 # ----------------------------------------------------------------- async twins
 
@@ -1167,7 +1146,7 @@ class _AsyncLink:
         return link
 
 
-class AsyncRabbitMQPublisher:
+class AsyncRabbitMQPublisher(AsyncOpeningContext):
     """Async twin of `RabbitMQPublisher`; same arguments.
 
     Built on pika's asyncio adapter (`AsyncioConnection`), whose publish
@@ -1532,20 +1511,8 @@ class AsyncRabbitMQPublisher:
             if link is not None:
                 await link.close()
 
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-
-class AsyncRabbitMQSubscriber:
+class AsyncRabbitMQSubscriber(AsyncOpeningContext):
     """Async twin of `RabbitMQSubscriber`; same arguments.
 
     Built on pika's asyncio adapter, like `AsyncRabbitMQPublisher`: each
@@ -1852,15 +1819,3 @@ class AsyncRabbitMQSubscriber:
         link, self._link = self._link, None
         if link is not None:
             await link.close()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

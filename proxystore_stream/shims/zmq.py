@@ -72,6 +72,8 @@ from types import TracebackType
 from typing import Any
 from typing import Self
 
+from proxystore_stream._context import AsyncClosingContext
+from proxystore_stream._context import ClosingContext
 from proxystore_stream._offload import SLICE_SECONDS
 from proxystore_stream.exceptions import BrokerConnectionError
 from proxystore_stream.exceptions import MalformedMessageError
@@ -292,7 +294,7 @@ def _timeout_message(topic: str, count: int, seen: int, timeout: float) -> str:
     return f"Only {seen} of {count} subscriber(s) of topic {topic!r} were ready within {timeout} s"
 
 
-class ZeroMQPublisher:
+class ZeroMQPublisher(ClosingContext):
     """Publisher over a ZeroMQ XPUB socket (PUB plus subscription notices).
 
     Not thread-safe: use a publisher from one thread at a time.
@@ -441,17 +443,6 @@ class ZeroMQPublisher:
         if self._own_context:
             self._context.term()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 def _publisher_options(
     sndhwm: int,
@@ -479,7 +470,7 @@ def _subscriber_options(rcvhwm: int, options: Mapping[str, Any]) -> list[tuple[i
     return [(zmq.RCVHWM, _hwm("rcvhwm", rcvhwm)), (zmq.LINGER, 0), *_options(options)]
 
 
-class ZeroMQSubscriber:
+class ZeroMQSubscriber(ClosingContext):
     """Subscriber over a ZeroMQ SUB socket.
 
     `close()` may be called from another thread: a blocked receive notices
@@ -582,19 +573,8 @@ class ZeroMQSubscriber:
             finally:
                 self._lock.release()
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class AsyncZeroMQPublisher:
+class AsyncZeroMQPublisher(AsyncClosingContext):
     """Async twin of `ZeroMQPublisher` (zmq.asyncio); same arguments."""
 
     connection_errors: tuple[type[Exception], ...] = (zmq.ZMQError,)
@@ -746,19 +726,8 @@ class AsyncZeroMQPublisher:
         if self._own_context:
             await asyncio.to_thread(self._context.term)
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-
-class AsyncZeroMQSubscriber:
+class AsyncZeroMQSubscriber(AsyncClosingContext):
     """Async twin of `ZeroMQSubscriber` (zmq.asyncio); same arguments.
 
     A cancelled `receive()` loses no message: it only ever waits in a poll;
@@ -836,17 +805,6 @@ class AsyncZeroMQSubscriber:
         self._closed = True
         if not self._receiving:
             self._socket.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 class ZeroMQForwarder:

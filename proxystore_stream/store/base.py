@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 from typing import Generic
-from typing import Self
 from typing import TypeVar
 
+from proxystore_stream._context import ClosingContext
 from proxystore_stream._types import Buffer
 from proxystore_stream.events import StoreConfig
 from proxystore_stream.proxy import Proxy
@@ -25,7 +24,7 @@ T = TypeVar("T")
 _DEFAULT_SERIALIZER = PickleSerializer()
 
 
-class Store(Generic[T]):
+class Store(ClosingContext, Generic[T]):
     """A named object store over a connector.
 
     Args:
@@ -59,17 +58,6 @@ class Store(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Store({self.name!r}, {type(self.connector).__name__})"
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def config(self, serializer: str | None = None) -> StoreConfig:
         """Return what a consumer in any process needs to reach this store.

@@ -22,6 +22,8 @@ from typing import Generic
 from typing import Self
 from typing import TypeVar
 
+from proxystore_stream._context import AsyncClosingContext
+from proxystore_stream._context import ClosingContext
 from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import require
 
@@ -433,7 +435,7 @@ class PendingFetch(Generic[T]):
                 task.exception()  # retrieved, so asyncio does not log it
 
 
-class CommandPublisher:
+class CommandPublisher(ClosingContext):
     """Sync publisher sending each message with one Redis command.
 
     The pub/sub and list-queue publishers differ only in that command
@@ -505,14 +507,8 @@ class CommandPublisher:
         self._closed = True
         self._client.close()
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class AsyncCommandPublisher:
+class AsyncCommandPublisher(AsyncClosingContext):
     """Async twin of `CommandPublisher` (redis.asyncio)."""
 
     command: str
@@ -562,9 +558,3 @@ class AsyncCommandPublisher:
         """Close the connection (idempotent)."""
         self._closed = True
         await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()

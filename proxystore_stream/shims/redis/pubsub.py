@@ -54,6 +54,8 @@ from functools import partial
 from typing import Any
 from typing import Self
 
+from proxystore_stream._context import AsyncOpeningContext
+from proxystore_stream._context import ClosingContext
 from proxystore_stream.exceptions import require
 
 try:
@@ -162,7 +164,7 @@ class RedisPublisher(CommandPublisher):
     protocol = PROTOCOL
 
 
-class RedisSubscriber:
+class RedisSubscriber(ClosingContext):
     """Subscriber to one or more channels or glob patterns.
 
     The subscription is confirmed by Redis before the constructor returns,
@@ -358,12 +360,6 @@ class RedisSubscriber:
         self._pubsub.close()
         self._client.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 class AsyncRedisPublisher(AsyncCommandPublisher):
     """Async twin of `RedisPublisher` (redis.asyncio); same arguments."""
@@ -372,7 +368,7 @@ class AsyncRedisPublisher(AsyncCommandPublisher):
     protocol = PROTOCOL
 
 
-class AsyncRedisSubscriber:
+class AsyncRedisSubscriber(AsyncOpeningContext):
     """Async twin of `RedisSubscriber` (redis.asyncio); same arguments.
 
     Construct it, then ``await subscriber.open()`` (or ``async with``) so the
@@ -539,10 +535,3 @@ class AsyncRedisSubscriber:
         await self._fetch.cancel()
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()

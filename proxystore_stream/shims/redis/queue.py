@@ -67,6 +67,8 @@ from typing import Any
 from typing import Self
 from typing import TypeVar
 
+from proxystore_stream._context import AsyncOpeningContext
+from proxystore_stream._context import ClosingContext
 from proxystore_stream.exceptions import require
 
 try:
@@ -320,7 +322,7 @@ class RedisQueuePublisher(CommandPublisher):
     protocol = PROTOCOL
 
 
-class RedisQueueSubscriber:
+class RedisQueueSubscriber(ClosingContext):
     """Subscriber taking messages from one or more lists, at least once.
 
     Args:
@@ -535,12 +537,6 @@ class RedisQueueSubscriber:
             self._connection.disconnect()
             self._client.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def _kept(lists: _Lists, exc: BaseException) -> None:
     logger.warning(
@@ -560,7 +556,7 @@ class AsyncRedisQueuePublisher(AsyncCommandPublisher):
     protocol = PROTOCOL
 
 
-class AsyncRedisQueueSubscriber:
+class AsyncRedisQueueSubscriber(AsyncOpeningContext):
     """Async twin of `RedisQueueSubscriber` (redis.asyncio); same arguments.
 
     Each BLMOVE blocks for 0.1 s at most and runs in a task that a
@@ -735,10 +731,3 @@ class AsyncRedisQueueSubscriber:
         finally:
             await self._connection.disconnect()
             await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()

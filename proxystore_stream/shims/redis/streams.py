@@ -71,6 +71,9 @@ from typing import Literal
 from typing import Self
 from typing import TypeVar
 
+from proxystore_stream._context import AsyncClosingContext
+from proxystore_stream._context import AsyncOpeningContext
+from proxystore_stream._context import ClosingContext
 from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import require
 
@@ -281,7 +284,7 @@ def _group_error(topic: str, exc: Exception) -> Exception:
     return exc
 
 
-class RedisStreamPublisher:
+class RedisStreamPublisher(ClosingContext):
     """Publisher appending each message to the stream `topic` (XADD).
 
     Args:
@@ -382,14 +385,8 @@ class RedisStreamPublisher:
         self._closed = True
         self._client.close()
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class RedisStreamSubscriber:
+class RedisStreamSubscriber(ClosingContext):
     """Subscriber reading streams as one consumer of a consumer group.
 
     Args:
@@ -633,14 +630,8 @@ class RedisStreamSubscriber:
             self._released = True
             self._client.close()
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class AsyncRedisStreamPublisher:
+class AsyncRedisStreamPublisher(AsyncClosingContext):
     """Async twin of `RedisStreamPublisher` (redis.asyncio); same arguments."""
 
     connection_errors = CONNECTION_ERRORS
@@ -715,14 +706,8 @@ class AsyncRedisStreamPublisher:
         self._closed = True
         await self._client.aclose()
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-
-class AsyncRedisStreamSubscriber:
+class AsyncRedisStreamSubscriber(AsyncOpeningContext):
     """Async twin of `RedisStreamSubscriber` (redis.asyncio); same arguments.
 
     Construct it, then ``await subscriber.open()`` (or ``async with``) to
@@ -940,10 +925,3 @@ class AsyncRedisStreamSubscriber:
             await self._fetch.settle()
         finally:
             await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 from typing import Self
 
+from proxystore_stream._context import ClosingContext
 from proxystore_stream.exceptions import require
 
 try:
@@ -86,7 +87,7 @@ def _check_key(key: Key) -> str:
     return key
 
 
-class RedisConnector:
+class RedisConnector(ClosingContext):
     """Keeps each serialized object under its own Redis key.
 
     Args:
@@ -231,9 +232,3 @@ class RedisConnector:
     def close(self) -> None:
         """Close the connections (idempotent)."""
         self._client.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
