@@ -15,9 +15,12 @@ its shim is chosen, so a missing extra gives a clear MissingDependencyError.
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import Any
 from typing import Protocol
 
-__all__ = ["TARGETS", "BareClient"]
+__all__ = ["TARGETS", "BareClient", "time_through"]
 
 TARGETS: dict[str, str] = {
     "queue": "proxystore_stream.cli.targets.inprocess",
@@ -54,3 +57,28 @@ class BareClient(Protocol):
     def close(self) -> None:
         """Release everything the client opened."""
         ...
+
+
+def time_through(send: Any, flush: Any, receive: Any, payload: bytes, count: int) -> float:
+    """Seconds to push `count` messages through, sender in a second thread."""
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for _ in range(count):
+                send(payload)
+            flush()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    start = time.perf_counter()
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    for _ in range(count):
+        if receive() != payload:
+            raise AssertionError("received a different payload")
+    elapsed = time.perf_counter() - start
+    thread.join(30)
+    if errors:
+        raise errors[0]
+    return elapsed

@@ -11,10 +11,7 @@ and a side-by-side timing of our shim against bare pika.
 from __future__ import annotations
 
 import os
-import threading
-import time
 import uuid
-from typing import Any
 
 try:
     import pika
@@ -24,6 +21,7 @@ except ImportError as e:  # pragma: no cover - exercised by the extras test
     require(__name__, "pika", "rabbitmq", e)
 
 from proxystore_stream.cli.targets import BareClient
+from proxystore_stream.cli.targets import time_through
 from proxystore_stream.shims.rabbitmq import DEFAULT_PREFETCH
 from proxystore_stream.shims.rabbitmq import DEFAULT_PREFIX
 from proxystore_stream.shims.rabbitmq import AsyncRabbitMQPublisher
@@ -180,37 +178,13 @@ def open_bare(name: str, topic: str) -> BareClient:
     return _BarePika(_mode(name), topic)
 
 
-def _time(send: Any, flush: Any, receive: Any, payload: bytes, count: int) -> float:
-    """Seconds to push `count` messages through, sender in a second thread."""
-    errors: list[BaseException] = []
-
-    def produce() -> None:
-        try:
-            for _ in range(count):
-                send(payload)
-            flush()
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    start = time.perf_counter()
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    for _ in range(count):
-        assert receive() == payload
-    elapsed = time.perf_counter() - start
-    thread.join(30)
-    if errors:
-        raise errors[0]
-    return elapsed
-
-
 def _compare(name: str, size: int, count: int) -> tuple[float, float]:
     """Messages per second through ours and through bare pika."""
     payload = os.urandom(size)
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     pub, sub = open_endpoints(name, topic)
     try:
-        ours = _time(
+        ours = time_through(
             lambda m: pub.send(topic, m),
             pub.flush,
             sub.receive,
@@ -222,7 +196,7 @@ def _compare(name: str, size: int, count: int) -> tuple[float, float]:
         pub.close()
     bare = open_bare(name, topic + "-bare")
     try:
-        theirs = _time(bare.send, bare.flush, bare.receive, payload, count)
+        theirs = time_through(bare.send, bare.flush, bare.receive, payload, count)
     finally:
         bare.close()
         _delete(name, [topic, topic + "-bare"])

@@ -19,7 +19,6 @@ a side-by-side timing of our shims against bare redis-py.
 from __future__ import annotations
 
 import os
-import threading
 import time
 import uuid
 from collections import deque
@@ -34,6 +33,7 @@ except ImportError as e:  # pragma: no cover - exercised by the extras test
     require(__name__, "redis", "redis", e)
 
 from proxystore_stream.cli.targets import BareClient
+from proxystore_stream.cli.targets import time_through
 from proxystore_stream.shims.redis import AsyncRedisPublisher
 from proxystore_stream.shims.redis import AsyncRedisQueuePublisher
 from proxystore_stream.shims.redis import AsyncRedisQueueSubscriber
@@ -259,38 +259,13 @@ def open_bare(name: str, topic: str) -> BareClient:
     return _BareStream(topic)
 
 
-def _time(send: Any, flush: Any, receive: Any, payload: bytes, count: int) -> float:
-    """Seconds to push `count` messages through, sender in a second thread."""
-    errors: list[BaseException] = []
-
-    def produce() -> None:
-        try:
-            for _ in range(count):
-                send(payload)
-            flush()
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    start = time.perf_counter()
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    for _ in range(count):
-        if receive() != payload:
-            raise AssertionError("received a different payload")
-    elapsed = time.perf_counter() - start
-    thread.join(30)
-    if errors:
-        raise errors[0]
-    return elapsed
-
-
 def compare(name: str, size: int, count: int) -> tuple[float, float]:
     """Return messages per second through ours and through bare redis-py."""
     payload = os.urandom(size)
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     pub, sub = open_endpoints(name, topic)
     try:
-        ours = _time(lambda m: pub.send(topic, m), lambda: None, sub.receive, payload, count)
+        ours = time_through(lambda m: pub.send(topic, m), lambda: None, sub.receive, payload, count)
     finally:
         sub.close()
         pub.close()
@@ -299,7 +274,7 @@ def compare(name: str, size: int, count: int) -> tuple[float, float]:
                 client.delete(topic)
     bare = open_bare(name, topic + "-bare")
     try:
-        theirs = _time(bare.send, bare.flush, bare.receive, payload, count)
+        theirs = time_through(bare.send, bare.flush, bare.receive, payload, count)
     finally:
         bare.close()
     return count / ours, count / theirs
