@@ -156,13 +156,18 @@ class ConsumerState:
             MalformedMessageError: If the bytes are not a valid envelope
                 (the state is unchanged; the next message can follow).
         """
+        batch = self._decode(message, topic)
+        for index in range(len(batch.events)):
+            self._pending.append((batch, index))
+
+    def _decode(self, message: bytes, topic: str | None) -> WireBatch:
+        """Decode a message and note its producer as a writer of its topic."""
         batch = decode_wire(message, topic=topic, signing_key=self._signing_key)
         progress = self._progress.get(batch.topic)
         if progress is None:
             progress = self._progress[batch.topic] = _TopicProgress()
         progress.writers.add(batch.producer_id)
-        for index in range(len(batch.events)):
-            self._pending.append((batch, index))
+        return batch
 
     def next_step(self) -> Step:
         """Return what the facade should do next."""
@@ -214,11 +219,7 @@ class ConsumerState:
         if self._pending:
             self.receive(message, topic=topic)
             return self.next_step()
-        batch = decode_wire(message, topic=topic, signing_key=self._signing_key)
-        progress = self._progress.get(batch.topic)
-        if progress is None:
-            progress = self._progress[batch.topic] = _TopicProgress()
-        progress.writers.add(batch.producer_id)
+        batch = self._decode(message, topic)
         events = batch.events
         if len(events) == 1 and self._filter is None:
             event = events[0]
