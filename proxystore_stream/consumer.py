@@ -8,7 +8,6 @@ both twins. The twins only wait for messages and touch stores.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -25,7 +24,6 @@ from proxystore_stream._core.consumer_state import STREAM_END
 from proxystore_stream._core.consumer_state import ConsumerState
 from proxystore_stream._core.consumer_state import Discard
 from proxystore_stream._core.consumer_state import InlineObject
-from proxystore_stream._core.consumer_state import Step
 from proxystore_stream._core.consumer_state import StoredObject
 from proxystore_stream._types import Buffer
 from proxystore_stream.events import StoreConfig
@@ -43,7 +41,6 @@ from proxystore_stream.store.registry import store_from_config
 
 __all__ = ["AsyncStreamConsumer", "StreamConsumer"]
 
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -124,6 +121,8 @@ def _state(
     topics: Iterable[str] | None,
     producers: int | None,
     signing_key: bytes | None,
+    skip_malformed: bool,
+    source: str | None,
 ) -> ConsumerState:
     if isinstance(topics, str):
         topics = [topics]
@@ -132,21 +131,9 @@ def _state(
         topics=topics,
         producers=producers,
         signing_key=signing_key,
+        skip_malformed=skip_malformed,
+        source=source,
     )
-
-
-def _feed(state: ConsumerState, message: bytes, topic: str | None, skip: bool) -> Step:
-    """Give a message to the core and return its next step.
-
-    With `skip`, a malformed message is logged and dropped (NEED_MESSAGE).
-    """
-    try:
-        return state.take(message, topic=topic)
-    except MalformedMessageError:
-        if not skip:
-            raise
-        logger.warning("Skipped a malformed message", exc_info=True)
-        return NEED_MESSAGE
 
 
 def _topic_hint(subscriber: Any, topics: Iterable[str] | None) -> str | None:
@@ -198,11 +185,16 @@ class StreamConsumer(_LastDelivery, ClosingContext, Generic[T]):
         if not hasattr(subscriber, "__iter__") and not hasattr(subscriber, "receive"):
             raise TypeError("subscriber must be iterable or have receive(timeout)")
         self.subscriber = subscriber
-        self._state = _state(filter_, topics, producers, signing_key)
+        self._state = _state(
+            filter_,
+            topics,
+            producers,
+            signing_key,
+            skip_malformed,
+            _topic_hint(subscriber, topics),
+        )
         self._materializer = _Materializer(serializers)
         self._timeout = timeout
-        self._skip_malformed = skip_malformed
-        self._topic_hint = _topic_hint(subscriber, topics)
         self._receive = getattr(subscriber, "receive", None)
         self._iterator: Iterator[bytes] | None = None
         self._last: Delivery | None = None
@@ -217,8 +209,7 @@ class StreamConsumer(_LastDelivery, ClosingContext, Generic[T]):
             raise StopIteration from None
 
     def _message(self, timeout: float | None) -> bytes:
-        if self._receive is not None:
-            return self._receive(timeout)  # type: ignore[no-any-return]
+        """The next message of a subscriber that has no `receive`."""
         if timeout is not None:
             raise TypeError(
                 f"{type(self.subscriber).__name__} has no receive(timeout); "
@@ -232,15 +223,16 @@ class StreamConsumer(_LastDelivery, ClosingContext, Generic[T]):
             raise SubscriberClosedError("the subscriber's iteration ended") from None
 
     def _next_delivery(self, timeout: float | None) -> Delivery:
-        step = self._state.next_step()
+        state = self._state
+        step = state.next_step()
         while True:
+            if step is NEED_MESSAGE:
+                receive = self._receive
+                step = state.take(receive(timeout) if receive else self._message(timeout))
+                continue
             if type(step) is InlineObject or type(step) is StoredObject:
                 self._last = step
                 return step
-            if step is NEED_MESSAGE:
-                message = self._message(timeout)
-                step = _feed(self._state, message, self._topic_hint, self._skip_malformed)
-                continue
             if step is STREAM_END:
                 ack = getattr(self.subscriber, "ack", None)
                 if ack is not None:
@@ -341,11 +333,16 @@ class AsyncStreamConsumer(_LastDelivery, AsyncClosingContext, Generic[T]):
         if not hasattr(subscriber, "__aiter__") and not hasattr(subscriber, "receive"):
             raise TypeError("subscriber must be async iterable or have async receive(timeout)")
         self.subscriber = subscriber
-        self._state = _state(filter_, topics, producers, signing_key)
+        self._state = _state(
+            filter_,
+            topics,
+            producers,
+            signing_key,
+            skip_malformed,
+            _topic_hint(subscriber, topics),
+        )
         self._materializer = _Materializer(serializers)
         self._timeout = timeout
-        self._skip_malformed = skip_malformed
-        self._topic_hint = _topic_hint(subscriber, topics)
         self._receive = getattr(subscriber, "receive", None)
         self._iterator: AsyncIterator[bytes] | None = None
         self._last: Delivery | None = None
@@ -360,8 +357,7 @@ class AsyncStreamConsumer(_LastDelivery, AsyncClosingContext, Generic[T]):
             raise StopAsyncIteration from None
 
     async def _message(self, timeout: float | None) -> bytes:
-        if self._receive is not None:
-            return await self._receive(timeout)  # type: ignore[no-any-return]
+        """The next message of a subscriber that has no `receive`."""
         if timeout is not None:
             raise TypeError(
                 f"{type(self.subscriber).__name__} has no receive(timeout); "
@@ -375,15 +371,19 @@ class AsyncStreamConsumer(_LastDelivery, AsyncClosingContext, Generic[T]):
             raise SubscriberClosedError("the subscriber's iteration ended") from None
 
     async def _next_delivery(self, timeout: float | None) -> Delivery:
-        step = self._state.next_step()
+        state = self._state
+        step = state.next_step()
         while True:
+            if step is NEED_MESSAGE:
+                receive = self._receive
+                if receive:
+                    step = state.take(await receive(timeout))
+                else:
+                    step = state.take(await self._message(timeout))
+                continue
             if type(step) is InlineObject or type(step) is StoredObject:
                 self._last = step
                 return step
-            if step is NEED_MESSAGE:
-                message = await self._message(timeout)
-                step = _feed(self._state, message, self._topic_hint, self._skip_malformed)
-                continue
             if step is STREAM_END:
                 ack = getattr(self.subscriber, "ack", None)
                 if ack is not None:

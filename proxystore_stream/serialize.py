@@ -102,6 +102,8 @@ class PickleSerializer:
 
     def loads(self, data: Buffer) -> Any:
         """Rebuild an object from `dumps` output."""
+        if type(data) is bytes and data[:1] == b"\x00":
+            return data[1:]
         view = memoryview(data)
         if not view.nbytes:
             raise MalformedMessageError("empty serialized object")

@@ -43,6 +43,9 @@ from proxystore_stream import AsyncStreamConsumer
 from proxystore_stream import AsyncStreamProducer
 from proxystore_stream import StreamConsumer
 from proxystore_stream import StreamProducer
+from proxystore_stream._core.consumer_state import ConsumerState
+from proxystore_stream._core.consumer_state import InlineObject
+from proxystore_stream._core.envelope import INLINE
 from proxystore_stream._core.envelope import decode_batch
 from proxystore_stream._core.envelope import decode_wire
 from proxystore_stream.events import EventBatch
@@ -290,6 +293,44 @@ def test_mutation_fuzz_of_the_decoder(tmp_path: Path, signing_key: bytes | None)
     assert outcomes.get("decoded", 0) > 0
     if signing_key is not None:
         assert outcomes.get("unauthenticated", 0) > FUZZ_CASES // 4
+
+
+def test_the_consumers_fast_path_agrees_with_the_full_decoder(tmp_path: Path) -> None:
+    """`ConsumerState.take` accepts and refuses exactly what `decode_wire` does.
+
+    `take` checks one-inline-object messages with its own combined check;
+    on every mutant it must agree with the full decoder, and hand over the
+    same event.
+    """
+    cases = mutants(seed_envelopes(tmp_path), FUZZ_CASES // 4, seed=7, key=None)
+    outcomes: dict[str, int] = {}
+    for data in cases:
+        try:
+            wire = decode_wire(data, topic="t")
+        except MalformedMessageError:
+            wire = None
+        state = ConsumerState(source="t")
+        try:
+            step = state.take(data)
+        except MalformedMessageError as exc:
+            assert wire is None, f"take refused what decode_wire accepts: {data!r}"
+            kind = "refused" if exc.topic == "t" else "refused, topic lost"
+            outcomes[kind] = outcomes.get(kind, 0) + 1
+            continue
+        assert wire is not None, f"take accepted what decode_wire refuses: {data!r}"
+        first = wire.events[0] if wire.events else None
+        if len(wire.events) == 1 and first is not None and first[0] == INLINE:
+            assert step == InlineObject(
+                wire.topic, first[1], wire.serializer, first[2], wire.producer_id, wire.seq, 0
+            )
+            outcomes["one inline"] = outcomes.get("one inline", 0) + 1
+        else:
+            outcomes["other"] = outcomes.get("other", 0) + 1
+    assert sum(outcomes.values()) == FUZZ_CASES // 4
+    assert "refused, topic lost" not in outcomes
+    assert outcomes.get("refused", 0) > FUZZ_CASES // 40
+    assert outcomes.get("one inline", 0) > 0
+    assert outcomes.get("other", 0) > 0
 
 
 # --- through a consumer ----------------------------------------------------------

@@ -21,6 +21,7 @@ seen so far.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,8 +31,11 @@ from typing import Any
 from proxystore_stream._core.envelope import END
 from proxystore_stream._core.envelope import INLINE
 from proxystore_stream._core.envelope import WireBatch
-from proxystore_stream._core.envelope import decode_wire
+from proxystore_stream._core.envelope import single_inline_event
+from proxystore_stream._core.envelope import unpack_body
+from proxystore_stream._core.envelope import wire_from_fields
 from proxystore_stream.events import StoreConfig
+from proxystore_stream.exceptions import MalformedMessageError
 from proxystore_stream.protocols import Filter
 
 
@@ -45,6 +49,9 @@ class _Sentinel:
 
 NEED_MESSAGE = _Sentinel("NEED_MESSAGE")
 """Receive the next message and pass it to `receive()`, then ask again."""
+
+# Skipped messages are the consumer's news, so they are logged under its name.
+logger = logging.getLogger("proxystore_stream.consumer")
 
 STREAM_END = _Sentinel("STREAM_END")
 """Every topic of the consumer has ended."""
@@ -118,6 +125,9 @@ class ConsumerState:
         producers: How many producers must close each topic before it ends
             (default: every producer seen on it).
         signing_key: If given, only messages signed with it are accepted.
+        skip_malformed: `take` logs and drops a malformed or unauthenticated
+            message (returning NEED_MESSAGE) instead of raising.
+        source: Where messages come from (topic names), for error messages.
     """
 
     def __init__(
@@ -127,6 +137,8 @@ class ConsumerState:
         topics: Iterable[str] | None = None,
         producers: int | None = None,
         signing_key: bytes | None = None,
+        skip_malformed: bool = False,
+        source: str | None = None,
     ) -> None:
         if filter_ is not None and not callable(filter_):
             raise TypeError("filter_ must be callable: metadata -> bool (True drops)")
@@ -136,6 +148,8 @@ class ConsumerState:
         self._expected_topics = None if topics is None else frozenset(topics)
         self._producers = producers
         self._signing_key = signing_key
+        self._skip_malformed = skip_malformed
+        self._source = source
         self._pending: deque[tuple[WireBatch, int]] = deque()
         self._progress: dict[str, _TopicProgress] = {}
         self._ended = False
@@ -156,18 +170,17 @@ class ConsumerState:
             MalformedMessageError: If the bytes are not a valid envelope
                 (the state is unchanged; the next message can follow).
         """
-        batch = self._decode(message, topic)
-        for index in range(len(batch.events)):
-            self._pending.append((batch, index))
+        fields = unpack_body(message, topic=topic, signing_key=self._signing_key)
+        self._queue(wire_from_fields(fields, topic))
 
-    def _decode(self, message: bytes, topic: str | None) -> WireBatch:
-        """Decode a message and note its producer as a writer of its topic."""
-        batch = decode_wire(message, topic=topic, signing_key=self._signing_key)
+    def _queue(self, batch: WireBatch) -> None:
+        """Note the batch's producer as a writer of its topic; queue its events."""
         progress = self._progress.get(batch.topic)
         if progress is None:
             progress = self._progress[batch.topic] = _TopicProgress()
         progress.writers.add(batch.producer_id)
-        return batch
+        for index in range(len(batch.events)):
+            self._pending.append((batch, index))
 
     def next_step(self) -> Step:
         """Return what the facade should do next."""
@@ -210,31 +223,32 @@ class ConsumerState:
             )
         return STREAM_END if self._ended else NEED_MESSAGE
 
-    def take(self, message: bytes, *, topic: str | None = None) -> Step:
-        """`receive(message)` then `next_step()`, faster for one-event messages.
+    def take(self, message: bytes) -> Step:
+        """`receive(message)` then `next_step()`, faster for one-inline-object messages.
 
         Raises:
-            MalformedMessageError: As `receive`.
+            MalformedMessageError: As `receive` (unless `skip_malformed`).
         """
-        if self._pending:
-            self.receive(message, topic=topic)
-            return self.next_step()
-        batch = self._decode(message, topic)
-        events = batch.events
-        if len(events) == 1 and self._filter is None:
-            event = events[0]
-            if event[0] == INLINE:
-                return InlineObject(
-                    batch.topic,
-                    event[1],
-                    batch.serializer,
-                    event[2],
-                    batch.producer_id,
-                    batch.seq,
-                    0,
-                )
-        for index in range(len(events)):
-            self._pending.append((batch, index))
+        try:
+            if self._pending:
+                self.receive(message, topic=self._source)
+                return self.next_step()
+            fields = unpack_body(message, topic=self._source, signing_key=self._signing_key)
+            if self._filter is None:
+                event = single_inline_event(fields)
+                if event is not None:
+                    topic, producer_id, seq, serializer, _, _ = fields
+                    progress = self._progress.get(topic)
+                    if progress is None:
+                        progress = self._progress[topic] = _TopicProgress()
+                    progress.writers.add(producer_id)
+                    return InlineObject(topic, event[1], serializer, event[2], producer_id, seq, 0)
+            self._queue(wire_from_fields(fields, self._source))
+        except MalformedMessageError:
+            if not self._skip_malformed:
+                raise
+            logger.warning("Skipped a malformed message", exc_info=True)
+            return NEED_MESSAGE
         return self.next_step()
 
     def _topic_ended(self, progress: _TopicProgress) -> bool:
