@@ -29,11 +29,13 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing.queues
 import queue as queue_module
 import select
 import time
 from collections.abc import AsyncIterator
+from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
 from multiprocessing.reduction import ForkingPickler
@@ -140,40 +142,54 @@ class QueuePublisher:
         self._closed = True
 
 
-class _ReadyReader:
-    """Takes a message a `multiprocessing.Queue` already holds, never waiting.
+_NOTHING: Any = object()
+"""What `_PipeReader.take` returns when no message came in time."""
+
+
+class _PipeReader:
+    """Reads a `multiprocessing.Queue` with one `poll(2)` object kept for good.
 
     The queue's own `get(timeout=...)` and `get_nowait()` build a selector
     per call (`multiprocessing.connection.wait`): about 7 us, 1.6x a plain
-    `get()`. This does what `Queue.get` does with one `poll(2)` on the
-    queue's pipe instead. It gives up at once (None) when another reader
-    holds the queue's read lock or the pipe is empty, so a caller's timeout
-    and `close()` keep working with several readers (a plain `get()` after
-    `qsize() > 0` could lose that race and wait forever). It relies on the
-    queue's private `_rlock`, `_reader` and `_sem`, unchanged since Python 3.4;
-    `for_queue` declines (False) where they or `select.poll` are missing.
+    `get()`. A timed `get` is what a subscriber needs (to notice `close()`),
+    so this does what `Queue.get` does, polling the queue's pipe with a
+    `select.poll` object made once. Like `Queue.get` it holds the queue's
+    read lock while it waits, so several readers (threads or processes) each
+    get whole messages. It relies on the queue's private `_rlock`, `_reader`
+    and `_sem`, unchanged since Python 3.4; `for_queue` declines (False)
+    where they or `select.poll` are missing.
     """
 
     def __init__(self, q: Any) -> None:
         self._lock = q._rlock
         self._reader = q._reader
         self._sem = q._sem
+        self.fileno: int = q._reader.fileno()
+        """The pipe's file descriptor (readable when a message is there)."""
         self._poller = select.poll()
-        self._poller.register(q._reader.fileno(), select.POLLIN)
+        self._poller.register(self.fileno, select.POLLIN)
 
     @classmethod
-    def for_queue(cls, q: Any) -> _ReadyReader | Literal[False]:
+    def for_queue(cls, q: Any) -> _PipeReader | Literal[False]:
         try:
             return cls(q)
         except (AttributeError, OSError, TypeError, ValueError):
             return False
 
-    def take(self) -> Any:
-        if not self._lock.acquire(False):
-            return None
+    def take(self, wait: float = 0.0) -> Any:
+        """Return the next message, or `_NOTHING` if none came within `wait` seconds."""
+        if wait <= 0:
+            if not self._lock.acquire(False):
+                return _NOTHING
+            milliseconds = 0
+        else:
+            deadline = time.monotonic() + wait
+            if not self._lock.acquire(True, wait):
+                return _NOTHING
+            milliseconds = max(0, math.ceil((deadline - time.monotonic()) * 1000))
         try:
-            if not self._poller.poll(0):
-                return None
+            if not self._poller.poll(milliseconds):
+                return _NOTHING
             data = self._reader.recv_bytes()
             self._sem.release()
         finally:
@@ -203,7 +219,8 @@ class QueueSubscriber:
         self._timeout = timeout
         self._closed = False
         self._is_process_queue = isinstance(queue, multiprocessing.queues.Queue)
-        self._ready_reader: _ReadyReader | Literal[False] | None = None
+        self._taker: Callable[[float], Any] | None = None
+        self._pipe_fd: int | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         """Yield messages until the subscriber is closed."""
@@ -220,45 +237,49 @@ class QueueSubscriber:
             StreamTimeoutError: If no message arrived in time.
             SubscriberClosedError: If the subscriber is closed.
         """
-        if not self._closed:
-            ready = self._take_ready()
-            if ready is not None:
-                return ready
+        if self._closed:
+            raise SubscriberClosedError("QueueSubscriber is closed")
+        take = self._taker or self._make_taker()
+        message = take(0.0)
+        if message is not _NOTHING:
+            return message  # type: ignore[no-any-return]
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._closed:
             wait = SLICE_SECONDS
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
-            try:
                 if wait <= 0:
-                    return self._queue.get_nowait()  # type: ignore[no-any-return]
-                return self._queue.get(timeout=wait)  # type: ignore[no-any-return]
-            except queue_module.Empty:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise StreamTimeoutError(
-                        f"No message within {timeout} s",
-                    ) from None
+                    raise StreamTimeoutError(f"No message within {timeout} s")
+            message = take(wait)
+            if message is not _NOTHING:
+                return message  # type: ignore[no-any-return]
         raise SubscriberClosedError("QueueSubscriber is closed")
 
-    def _take_ready(self) -> bytes | None:
-        if self._is_process_queue:
-            if self._ready_reader is None:
-                self._ready_reader = _ReadyReader.for_queue(self._queue)
-            return self._ready_reader.take() if self._ready_reader else None
+    def _make_taker(self) -> Callable[[float], Any]:
+        """Make `take(wait)` for this subscriber's queue (on first use, in this process)."""
+        reader = _PipeReader.for_queue(self._queue) if self._is_process_queue else False
+        self._pipe_fd = reader.fileno if reader else None
+        self._taker = reader.take if reader else self._take_from_queue
+        return self._taker
+
+    def _take_from_queue(self, wait: float) -> Any:
         try:
-            return self._queue.get_nowait()  # type: ignore[no-any-return]
+            if wait <= 0:
+                return self._queue.get_nowait()
+            return self._queue.get(timeout=wait)
         except queue_module.Empty:
-            return None
+            return _NOTHING
 
     def close(self) -> None:
         """Close this subscriber; a blocked receive ends within 0.1 s."""
         self._closed = True
 
     def __getstate__(self) -> dict[str, Any]:
-        # The ready reader polls this process's pipe; a copy sent to another
+        # The pipe reader polls this process's pipe; a copy sent to another
         # process makes its own.
         state = self.__dict__.copy()
-        state["_ready_reader"] = None
+        state["_taker"] = None
+        state["_pipe_fd"] = None
         return state
 
 
@@ -297,8 +318,12 @@ class AsyncQueuePublisher:
 class AsyncQueueSubscriber:
     """Async twin of `QueueSubscriber`.
 
-    A ready message is taken without leaving the event loop; waiting for one
-    happens in a worker thread (the queues have no async API).
+    A ready message is taken without leaving the event loop. Waiting for one
+    on a `multiprocessing.Queue` waits for its pipe to become readable on
+    the event loop (`loop.add_reader`); a `queue.Queue` (no file to wait
+    on) is waited for in a worker thread. Either way a cancelled `receive`
+    loses no message: a message is only taken off the queue by code that
+    runs without awaiting.
     """
 
     def __init__(
@@ -322,15 +347,55 @@ class AsyncQueueSubscriber:
 
     async def receive(self, timeout: float | None = None) -> bytes:
         """Return the next message (see `QueueSubscriber.receive`)."""
-        if self._sync._closed:
+        sync = self._sync
+        if sync._closed:
             raise SubscriberClosedError("AsyncQueueSubscriber is closed")
         if not self._offloaded.busy:
-            try:
-                return self._sync._queue.get_nowait()  # type: ignore[no-any-return]
-            except queue_module.Empty:
-                pass
+            take = sync._taker or sync._make_taker()
+            message = take(0.0)
+            if message is not _NOTHING:
+                return message  # type: ignore[no-any-return]
+            if sync._pipe_fd is not None:
+                return await self._wait_on_pipe(sync._pipe_fd, take, timeout)
         return await self._offloaded(timeout)
+
+    async def _wait_on_pipe(
+        self,
+        fd: int,
+        take: Callable[[float], Any],
+        timeout: float | None,
+    ) -> bytes:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not self._sync._closed:
+            wait = SLICE_SECONDS
+            if deadline is not None:
+                wait = min(wait, deadline - loop.time())
+                if wait <= 0:
+                    raise StreamTimeoutError(f"No message within {timeout} s")
+            woken = loop.create_future()
+            try:
+                loop.add_reader(fd, _settle, woken)
+            except NotImplementedError:  # an event loop without add_reader
+                remaining = None if deadline is None else max(0.0, deadline - loop.time())
+                return await self._offloaded(remaining)
+            timer = loop.call_later(wait, _settle, woken)
+            try:
+                await woken
+            finally:
+                timer.cancel()
+                loop.remove_reader(fd)
+            # Another reader may have taken it first: then wait again.
+            message = take(0.0)
+            if message is not _NOTHING:
+                return message  # type: ignore[no-any-return]
+        raise SubscriberClosedError("AsyncQueueSubscriber is closed")
 
     async def close(self) -> None:
         """Close this subscriber."""
         self._sync.close()
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

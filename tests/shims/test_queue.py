@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import threading
 import time
@@ -10,6 +11,8 @@ from typing import Any
 import pytest
 
 from proxystore_stream.exceptions import StreamTimeoutError
+from proxystore_stream.exceptions import SubscriberClosedError
+from proxystore_stream.shims.queue import AsyncQueueSubscriber
 from proxystore_stream.shims.queue import QueuePublisher
 from proxystore_stream.shims.queue import QueueSubscriber
 
@@ -73,4 +76,103 @@ def test_a_subscriber_that_received_can_still_be_pickled(process_queue: Any) -> 
     subscriber = QueueSubscriber(process_queue)
     assert subscriber.receive(timeout=5) == b"x"
     state = subscriber.__getstate__()
-    assert state["_ready_reader"] is None
+    assert state["_taker"] is None
+
+
+def test_a_receive_waits_for_a_message_sent_later(process_queue: Any) -> None:
+    publisher = QueuePublisher({"t": process_queue})
+    subscriber = QueueSubscriber(process_queue)
+    sender = threading.Timer(0.05, publisher.send, ("t", b"late"))
+    sender.start()
+    try:
+        assert subscriber.receive(timeout=5) == b"late"
+    finally:
+        sender.join(5)
+
+
+def test_close_ends_a_blocked_receive(process_queue: Any) -> None:
+    subscriber = QueueSubscriber(process_queue)
+    errors: list[BaseException] = []
+
+    def receive() -> None:
+        try:
+            subscriber.receive()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=receive)
+    thread.start()
+    subscriber.close()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert [type(e) for e in errors] == [SubscriberClosedError]
+
+
+def test_async_receive_waits_on_the_pipe_and_honours_its_timeout(process_queue: Any) -> None:
+    async def main() -> bytes:
+        subscriber = AsyncQueueSubscriber(process_queue)
+        with pytest.raises(StreamTimeoutError):
+            await subscriber.receive(0.05)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, QueuePublisher({"t": process_queue}).send, "t", b"late")
+        return await subscriber.receive(5)
+
+    assert asyncio.run(main()) == b"late"
+
+
+def test_cancelled_async_receive_loses_no_message(process_queue: Any) -> None:
+    n = 200
+    publisher = QueuePublisher({"t": process_queue})
+
+    async def main() -> tuple[list[bytes], int]:
+        subscriber = AsyncQueueSubscriber(process_queue)
+        got: list[bytes] = []
+        cancelled = 0
+        for i in range(n):
+            task = asyncio.ensure_future(subscriber.receive(5))
+            await asyncio.sleep(0)  # the receive now waits on the pipe
+            sender = threading.Thread(target=publisher.send, args=("t", b"%d" % i))
+            sender.start()
+            if i % 2:
+                await asyncio.sleep(0)
+            task.cancel()
+            try:
+                got.append(await task)
+            except asyncio.CancelledError:
+                cancelled += 1
+            await asyncio.to_thread(sender.join, 5)
+        while len(got) < n:
+            try:
+                got.append(await subscriber.receive(1))
+            except StreamTimeoutError:
+                break
+        await subscriber.close()
+        return got, cancelled
+
+    got, cancelled = asyncio.run(main())
+    assert got == [b"%d" % i for i in range(n)]
+    assert cancelled > 0
+
+
+def test_two_async_readers_share_one_queue_without_loss(process_queue: Any) -> None:
+    n = 300
+    publisher = QueuePublisher({"t": process_queue})
+
+    async def read(subscriber: AsyncQueueSubscriber, out: list[bytes]) -> None:
+        while True:
+            try:
+                out.append(await subscriber.receive(0.5))
+            except StreamTimeoutError:
+                return
+
+    async def main() -> list[list[bytes]]:
+        outs: list[list[bytes]] = [[], []]
+        readers = [read(AsyncQueueSubscriber(process_queue), out) for out in outs]
+        sender = asyncio.to_thread(lambda: [publisher.send("t", b"%d" % i) for i in range(n)])
+        await asyncio.gather(sender, *readers)
+        return outs
+
+    outs = asyncio.run(main())
+    assert sorted(int(m) for out in outs for m in out) == list(range(n))
+    for out in outs:  # each reader sees its share in order
+        assert [int(m) for m in out] == sorted(int(m) for m in out)
