@@ -52,6 +52,7 @@ from typing import TypeVar
 
 from proxystore_stream._context import AsyncClosingContext
 from proxystore_stream._context import ClosingContext
+from proxystore_stream._fair import FairShare
 from proxystore_stream.exceptions import BufferFullError
 from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import StreamTimeoutError
@@ -502,12 +503,17 @@ class LocalSubscriber(ClosingContext):
 
 
 class AsyncLocalPublisher(AsyncClosingContext):
-    """Async twin of `LocalPublisher`: waits for room without blocking the event loop."""
+    """Async twin of `LocalPublisher`: waits for room without blocking the event loop.
+
+    Sends that find room yield to the event loop now and then (`FairShare`),
+    so a sending task does not starve the tasks that read.
+    """
 
     def __init__(self, broker: LocalBroker, *, timeout: float | None = None) -> None:
         self._broker = _check_broker(broker)
         self._timeout = _check_timeout(timeout)
         self._closed = False
+        self._fair = FairShare()
 
     async def send(self, topic: str, message: bytes) -> None:
         """Deliver a message to every subscriber of `topic` (see `LocalPublisher.send`).
@@ -524,6 +530,8 @@ class AsyncLocalPublisher(AsyncClosingContext):
             return
         full = _offer_all(subscribers, message)
         if not full:
+            if self._fair.due(len(message)):
+                await asyncio.sleep(0)
             return
         deadline = _deadline(self._timeout)
         missed = 0

@@ -43,6 +43,7 @@ from typing import Any
 from typing import Literal
 from typing import TypeAlias
 
+from proxystore_stream._fair import FairShare
 from proxystore_stream._offload import SLICE_SECONDS
 from proxystore_stream._offload import OffloadedReceive
 from proxystore_stream.exceptions import BufferFullError
@@ -286,7 +287,9 @@ class QueueSubscriber:
 class AsyncQueuePublisher:
     """Async twin of `QueuePublisher`.
 
-    A put that must wait for room runs in a worker thread.
+    A put that must wait for room runs in a worker thread. Puts that do not
+    wait yield to the event loop now and then (`FairShare`), so a sending
+    task does not starve the tasks that read.
     """
 
     def __init__(
@@ -298,6 +301,7 @@ class AsyncQueuePublisher:
     ) -> None:
         self._sync = QueuePublisher(queues, block=block, timeout=timeout)
         self._queues = self._sync._queues
+        self._fair = FairShare()
 
     async def send(self, topic: str, message: bytes) -> None:
         """Put a message on the topic's queue (see `QueuePublisher.send`)."""
@@ -309,6 +313,9 @@ class AsyncQueuePublisher:
             _queue_for(self._queues, topic).put_nowait(message)
         except queue_module.Full:
             await asyncio.to_thread(self._sync.send, topic, message)
+            return
+        if self._fair.due(len(message)):
+            await asyncio.sleep(0)
 
     async def close(self) -> None:
         """Close this publisher (idempotent)."""
