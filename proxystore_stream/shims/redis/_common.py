@@ -16,15 +16,10 @@ from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Sequence
 from contextlib import contextmanager
-from functools import partial
 from typing import Any
 from typing import Generic
-from typing import Self
 from typing import TypeVar
 
-from proxystore_stream._context import AsyncClosingContext
-from proxystore_stream._context import ClosingContext
-from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import require
 
 try:
@@ -46,7 +41,6 @@ from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
 from proxystore_stream.retry import RetryPolicy
 from proxystore_stream.shims._errors import ErrorMap
-from proxystore_stream.shims._errors import map_errors
 
 __all__ = [
     "CONNECTION_ERRORS",
@@ -243,17 +237,18 @@ async def stop_if_fatal_async(exc: BaseException, broker: str) -> None:
 
 
 @contextmanager
-def wrong_type(topics: Sequence[str], kind: str) -> Iterator[None]:
+def wrong_type(topics: Sequence[str], kind: str | None) -> Iterator[None]:
     """Turn Redis's WRONGTYPE reply into a ValueError naming the topics.
 
     Args:
         topics: The topics the commands touched.
-        kind: What each topic's key must be (``"list"``).
+        kind: What each topic's key must be (``"list"``); None passes
+            WRONGTYPE through unchanged.
     """
     try:
         yield
     except redis.ResponseError as exc:
-        if not str(exc).startswith("WRONGTYPE"):
+        if kind is None or not str(exc).startswith("WRONGTYPE"):
             raise
         raise ValueError(
             f"topic {', '.join(map(repr, topics))}: a Redis key of another type "
@@ -275,14 +270,15 @@ def default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def own_connection(client: Any) -> Any:
+def own_connection(client: Any, **overrides: Any) -> Any:
     """Make a connection of `client`'s kind (TCP, TLS, unix) that no pool shares.
 
     It connects on its first command and again on the first command after
-    it was dropped, with the client's credentials, database and timeouts.
+    it was dropped, with the client's credentials, database and timeouts
+    (`overrides` replace some, e.g. ``socket_timeout=None``).
     """
     pool = client.connection_pool
-    return pool.connection_class(**pool.connection_kwargs)
+    return pool.connection_class(**{**pool.connection_kwargs, **overrides})
 
 
 def roundtrip(
@@ -433,128 +429,3 @@ class PendingFetch(Generic[T]):
             await asyncio.wait({task})
             if not task.cancelled():
                 task.exception()  # retrieved, so asyncio does not log it
-
-
-class CommandPublisher(ClosingContext):
-    """Sync publisher sending each message with one Redis command.
-
-    The pub/sub and list-queue publishers differ only in that command
-    (PUBLISH or LPUSH); subclasses name it in `command` and document it.
-    A send that lost its connection is retried under the `retry` policy,
-    so a message whose reply was lost may be stored twice.
-    """
-
-    command: str
-    """Name of the redis-py method called as ``method(topic, message)``."""
-    key_type = "list"
-    """What a topic's key must be for `command` (named in the ValueError)."""
-
-    protocol = 2
-    connection_errors = CONNECTION_ERRORS
-
-    def __init__(
-        self,
-        hostname: str,
-        port: int,
-        *,
-        retry: RetryPolicy | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self._retry = check_retry(retry)
-        options = client_kwargs(hostname, port, kwargs, protocol=self.protocol)
-        self._broker = broker_name(hostname, port, options)
-        self._client = redis.Redis(**options)
-        self._run = getattr(self._client, self.command)
-        self._closed = False
-
-    @classmethod
-    def from_url(cls, url: str, *, retry: RetryPolicy | None = None, **kwargs: Any) -> Self:
-        """Make a publisher from a ``redis://``, ``rediss://`` or ``unix://`` URL.
-
-        Args:
-            url: Redis URL, e.g. ``redis://user:secret@127.0.0.1:6379/1``.
-            retry: Reconnect policy (None: the default `RetryPolicy()`).
-            **kwargs: Passed to `redis.Redis`; they win over the URL.
-        """
-        hostname, port, options = url_arguments(url)
-        return cls(hostname, port, retry=retry, **{**options, **kwargs})
-
-    def send(self, topic: str, message: bytes) -> None:
-        """Send a message to `topic`, reconnecting under the retry policy.
-
-        Raises:
-            TypeError: If `topic` is not a str or `message` not bytes.
-            ValueError: If `topic` names a Redis key of another type.
-            PublisherClosedError: If the publisher is closed.
-            BrokerConnectionError: If Redis stays unreachable past the
-                policy's deadline, or refuses the credentials.
-            BufferFullError: If Redis is at ``maxmemory`` and refuses writes.
-        """
-        check_topic(topic)
-        check_message(message)
-        if self._closed:
-            raise PublisherClosedError(f"{type(self).__name__} is closed")
-        with map_errors(ERRORS, broker=self._broker), wrong_type([topic], self.key_type):
-            self._retry.call(
-                partial(self._run, topic, message),
-                retry_on=CONNECTION_ERRORS,
-                broker=self._broker,
-                on_retry=partial(stop_if_fatal, broker=self._broker),
-            )
-
-    def close(self) -> None:
-        """Close the connection (idempotent)."""
-        self._closed = True
-        self._client.close()
-
-
-class AsyncCommandPublisher(AsyncClosingContext):
-    """Async twin of `CommandPublisher` (redis.asyncio)."""
-
-    command: str
-    """Name of the redis.asyncio method awaited as ``method(topic, message)``."""
-    key_type = "list"
-    """What a topic's key must be for `command` (named in the ValueError)."""
-
-    protocol = 2
-    connection_errors = CONNECTION_ERRORS
-
-    def __init__(
-        self,
-        hostname: str,
-        port: int,
-        *,
-        retry: RetryPolicy | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self._retry = check_retry(retry)
-        options = client_kwargs(hostname, port, kwargs, protocol=self.protocol, asyncio=True)
-        self._broker = broker_name(hostname, port, options)
-        self._client = redis.asyncio.Redis(**options)
-        self._run = getattr(self._client, self.command)
-        self._closed = False
-
-    @classmethod
-    def from_url(cls, url: str, *, retry: RetryPolicy | None = None, **kwargs: Any) -> Self:
-        """Make a publisher from a Redis URL (see `CommandPublisher.from_url`)."""
-        hostname, port, options = url_arguments(url)
-        return cls(hostname, port, retry=retry, **{**options, **kwargs})
-
-    async def send(self, topic: str, message: bytes) -> None:
-        """Send a message to `topic` (see `CommandPublisher.send`)."""
-        check_topic(topic)
-        check_message(message)
-        if self._closed:
-            raise PublisherClosedError(f"{type(self).__name__} is closed")
-        with map_errors(ERRORS, broker=self._broker), wrong_type([topic], self.key_type):
-            await self._retry.call_async(
-                partial(self._run, topic, message),
-                retry_on=CONNECTION_ERRORS,
-                broker=self._broker,
-                on_retry=partial(stop_if_fatal_async, broker=self._broker),
-            )
-
-    async def close(self) -> None:
-        """Close the connection (idempotent)."""
-        self._closed = True
-        await self._client.aclose()

@@ -44,6 +44,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -72,8 +73,6 @@ from proxystore_stream.shims._errors import map_errors
 from proxystore_stream.shims.redis._common import CONNECTION_ERRORS
 from proxystore_stream.shims.redis._common import ERRORS
 from proxystore_stream.shims.redis._common import SLICE_SECONDS
-from proxystore_stream.shims.redis._common import AsyncCommandPublisher
-from proxystore_stream.shims.redis._common import CommandPublisher
 from proxystore_stream.shims.redis._common import PendingFetch
 from proxystore_stream.shims.redis._common import broker_name
 from proxystore_stream.shims.redis._common import check_retry
@@ -82,6 +81,8 @@ from proxystore_stream.shims.redis._common import stop_if_fatal
 from proxystore_stream.shims.redis._common import stop_if_fatal_async
 from proxystore_stream.shims.redis._common import topic_list
 from proxystore_stream.shims.redis._common import url_arguments
+from proxystore_stream.shims.redis._publish import AsyncCommandPublisher
+from proxystore_stream.shims.redis._publish import CommandPublisher
 
 __all__ = [
     "AsyncRedisPublisher",
@@ -98,6 +99,10 @@ PROTOCOL = 2
 _GLOB = frozenset("*?[")
 _DATA = frozenset({"message", "pmessage", b"message", b"pmessage"})
 _CONFIRM = frozenset({"subscribe", "psubscribe", b"subscribe", b"psubscribe"})
+# One wake-up reads what has already arrived, up to this many messages or
+# bytes; the rest stays in the socket (and in Redis's output buffer).
+_DRAIN_COUNT = 256
+_DRAIN_BYTES = 1 << 20
 
 
 def _split(topics: list[str], pattern: bool | None) -> tuple[list[str], list[str]]:
@@ -140,6 +145,21 @@ def _take(message: dict[str, Any] | None, buffer: deque[bytes]) -> int:
     return 1 if message["type"] in _CONFIRM else 0
 
 
+def _take_reply(reply: Any, buffer: deque[bytes]) -> int:
+    """Buffer the data of a raw pub/sub reply; return its size (0 for other replies)."""
+    if not isinstance(reply, list) or len(reply) < 3:
+        return 0
+    kind = reply[0]
+    if kind == b"message" or kind == "message":
+        data = reply[2]
+    elif kind == b"pmessage" or kind == "pmessage":
+        data = reply[3]
+    else:
+        return 0
+    buffer.append(data)
+    return len(data) + 1
+
+
 def _subscribe_timeout(kwargs: dict[str, Any]) -> float:
     timeout = kwargs.get("socket_timeout")
     return float(timeout) if timeout else 10.0
@@ -160,8 +180,10 @@ class RedisPublisher(CommandPublisher):
         TypeError: If `hostname` or `port` has the wrong type.
     """
 
-    command = "publish"
     protocol = PROTOCOL
+
+    def _arguments(self, topic: str, message: bytes) -> tuple[Any, ...]:
+        return ("PUBLISH", topic, message)
 
 
 class RedisSubscriber(ClosingContext):
@@ -337,11 +359,22 @@ class RedisSubscriber(ClosingContext):
         try:
             # Wait in a short slice, but read a whole message with the normal
             # socket timeout: a slice-long read timeout could cut a large
-            # message in half and break the connection.
+            # message in half and break the connection. The replies are read
+            # from the connection itself: PubSub.get_message costs more per
+            # message than the read.
             if connection.can_read(timeout=wait):
-                _take(self._pubsub.get_message(timeout=None), self._buffer)
+                self._drain(connection)
         except CONNECTION_ERRORS as exc:
             self._recover(exc)
+
+    def _drain(self, connection: Any) -> None:
+        buffer, count, size = self._buffer, 0, 0
+        while count < _DRAIN_COUNT and size < _DRAIN_BYTES:
+            reply = connection.read_response(disconnect_on_error=False, push_request=True)
+            size += _take_reply(reply, buffer)
+            count += 1
+            if not connection.can_read(timeout=0):
+                return
 
     def close(self) -> None:
         """Close the subscriber (idempotent).
@@ -364,8 +397,10 @@ class RedisSubscriber(ClosingContext):
 class AsyncRedisPublisher(AsyncCommandPublisher):
     """Async twin of `RedisPublisher` (redis.asyncio); same arguments."""
 
-    command = "publish"
     protocol = PROTOCOL
+
+    def _arguments(self, topic: str, message: bytes) -> tuple[Any, ...]:
+        return ("PUBLISH", topic, message)
 
 
 class AsyncRedisSubscriber(AsyncOpeningContext):
@@ -498,15 +533,32 @@ class AsyncRedisSubscriber(AsyncOpeningContext):
         # timeout, so it may block until a message arrives.
         while not self._buffer:
             try:
-                message = await self._pubsub.get_message(timeout=None)
+                await self._drain()
             except CONNECTION_ERRORS as exc:
                 await self._recover(exc)
                 continue
             if self._lost:
                 # redis-py reconnected on its own: raise, or resubscribe.
                 await self._recover(None)
-            _take(message, self._buffer)
         return self._buffer.popleft()
+
+    async def _drain(self) -> None:
+        # Block for one reply (math.inf: no read timeout), then take the
+        # replies already received, without waiting for more.
+        connection = self._pubsub.connection
+        assert connection is not None
+        buffer, count, size = self._buffer, 0, 0
+        reply = await connection.read_response(
+            timeout=math.inf,
+            disconnect_on_error=False,
+            push_request=True,
+        )
+        while True:
+            size += _take_reply(reply, buffer)
+            count += 1
+            if count >= _DRAIN_COUNT or size >= _DRAIN_BYTES or not await connection.can_read():
+                return
+            reply = await connection.read_response(disconnect_on_error=False, push_request=True)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         """Yield messages until the subscriber is closed."""

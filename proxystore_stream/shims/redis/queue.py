@@ -84,8 +84,6 @@ from proxystore_stream.shims._errors import map_errors
 from proxystore_stream.shims.redis._common import CONNECTION_ERRORS
 from proxystore_stream.shims.redis._common import ERRORS
 from proxystore_stream.shims.redis._common import SLICE_SECONDS
-from proxystore_stream.shims.redis._common import AsyncCommandPublisher
-from proxystore_stream.shims.redis._common import CommandPublisher
 from proxystore_stream.shims.redis._common import PendingFetch
 from proxystore_stream.shims.redis._common import broker_name
 from proxystore_stream.shims.redis._common import check_name
@@ -101,6 +99,8 @@ from proxystore_stream.shims.redis._common import stop_if_fatal_async
 from proxystore_stream.shims.redis._common import topic_list
 from proxystore_stream.shims.redis._common import url_arguments
 from proxystore_stream.shims.redis._common import wrong_type
+from proxystore_stream.shims.redis._publish import AsyncCommandPublisher
+from proxystore_stream.shims.redis._publish import CommandPublisher
 
 __all__ = [
     "AsyncRedisQueuePublisher",
@@ -318,8 +318,10 @@ class RedisQueuePublisher(CommandPublisher):
         TypeError: If `hostname`, `port` or `retry` has the wrong type.
     """
 
-    command = "lpush"
     protocol = PROTOCOL
+
+    def _arguments(self, topic: str, message: bytes) -> tuple[Any, ...]:
+        return ("LPUSH", topic, message)
 
 
 class RedisQueueSubscriber(ClosingContext):
@@ -552,8 +554,10 @@ def _kept(lists: _Lists, exc: BaseException) -> None:
 class AsyncRedisQueuePublisher(AsyncCommandPublisher):
     """Async twin of `RedisQueuePublisher` (redis.asyncio); same arguments."""
 
-    command = "lpush"
     protocol = PROTOCOL
+
+    def _arguments(self, topic: str, message: bytes) -> tuple[Any, ...]:
+        return ("LPUSH", topic, message)
 
 
 class AsyncRedisQueueSubscriber(AsyncOpeningContext):

@@ -71,10 +71,8 @@ from typing import Literal
 from typing import Self
 from typing import TypeVar
 
-from proxystore_stream._context import AsyncClosingContext
 from proxystore_stream._context import AsyncOpeningContext
 from proxystore_stream._context import ClosingContext
-from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import require
 
 try:
@@ -92,16 +90,15 @@ from proxystore_stream.shims.redis._common import ERRORS
 from proxystore_stream.shims.redis._common import SLICE_SECONDS
 from proxystore_stream.shims.redis._common import PendingFetch
 from proxystore_stream.shims.redis._common import broker_name
-from proxystore_stream.shims.redis._common import check_message
 from proxystore_stream.shims.redis._common import check_name
 from proxystore_stream.shims.redis._common import check_retry
-from proxystore_stream.shims.redis._common import check_topic
 from proxystore_stream.shims.redis._common import client_kwargs
 from proxystore_stream.shims.redis._common import default_consumer
 from proxystore_stream.shims.redis._common import stop_if_fatal
-from proxystore_stream.shims.redis._common import stop_if_fatal_async
 from proxystore_stream.shims.redis._common import topic_list
 from proxystore_stream.shims.redis._common import url_arguments
+from proxystore_stream.shims.redis._publish import AsyncCommandPublisher
+from proxystore_stream.shims.redis._publish import CommandPublisher
 
 __all__ = [
     "AsyncRedisStreamPublisher",
@@ -131,6 +128,14 @@ def _check_positive(value: int | None, name: str, *, optional: bool) -> int | No
     if value < 1:
         raise ValueError(f"{name} must be >= 1, not {value}")
     return value
+
+
+def _trim_arguments(maxlen: int | None, approximate: bool) -> tuple[Any, ...]:
+    """XADD's trimming arguments (``MAXLEN ~ n``), or none for `maxlen` None."""
+    checked = _check_positive(maxlen, "maxlen", optional=True)
+    if checked is None:
+        return ()
+    return ("MAXLEN", "~", checked) if approximate else ("MAXLEN", checked)
 
 
 def _text(value: bytes | str) -> str:
@@ -284,7 +289,7 @@ def _group_error(topic: str, exc: Exception) -> Exception:
     return exc
 
 
-class RedisStreamPublisher(ClosingContext):
+class RedisStreamPublisher(CommandPublisher):
     """Publisher appending each message to the stream `topic` (XADD).
 
     Args:
@@ -303,7 +308,8 @@ class RedisStreamPublisher(ClosingContext):
         ValueError: If `maxlen` is < 1.
     """
 
-    connection_errors = CONNECTION_ERRORS
+    key_type = None
+    protocol = PROTOCOL
 
     def __init__(
         self,
@@ -315,13 +321,8 @@ class RedisStreamPublisher(ClosingContext):
         retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> None:
-        self._maxlen = _check_positive(maxlen, "maxlen", optional=True)
-        self._approximate = bool(approximate)
-        self._retry = check_retry(retry)
-        options = client_kwargs(hostname, port, kwargs, protocol=PROTOCOL)
-        self._broker = broker_name(hostname, port, options)
-        self._client = redis.Redis(**options)
-        self._closed = False
+        self._trim = _trim_arguments(maxlen, approximate)
+        super().__init__(hostname, port, retry=retry, **kwargs)
 
     @classmethod
     def from_url(
@@ -352,6 +353,9 @@ class RedisStreamPublisher(ClosingContext):
             **{**options, **kwargs},
         )
 
+    def _arguments(self, topic: str, message: bytes) -> tuple[Any, ...]:
+        return ("XADD", topic, *self._trim, "*", FIELD, message)
+
     def send(self, topic: str, message: bytes) -> None:
         """Append a message to the stream `topic`, reconnecting under the retry policy.
 
@@ -362,28 +366,7 @@ class RedisStreamPublisher(ClosingContext):
                 deadline, or refuses the credentials.
             BufferFullError: If Redis is at ``maxmemory`` and refuses writes.
         """
-        check_topic(topic)
-        check_message(message)
-        if self._closed:
-            raise PublisherClosedError("RedisStreamPublisher is closed")
-        with map_errors(ERRORS, broker=self._broker):
-            self._retry.call(
-                partial(
-                    self._client.xadd,
-                    topic,
-                    {FIELD: message},
-                    maxlen=self._maxlen,
-                    approximate=self._approximate,
-                ),
-                retry_on=CONNECTION_ERRORS,
-                broker=self._broker,
-                on_retry=partial(stop_if_fatal, broker=self._broker),
-            )
-
-    def close(self) -> None:
-        """Close the connection (idempotent)."""
-        self._closed = True
-        self._client.close()
+        super().send(topic, message)
 
 
 class RedisStreamSubscriber(ClosingContext):
@@ -631,10 +614,11 @@ class RedisStreamSubscriber(ClosingContext):
             self._client.close()
 
 
-class AsyncRedisStreamPublisher(AsyncClosingContext):
+class AsyncRedisStreamPublisher(AsyncCommandPublisher):
     """Async twin of `RedisStreamPublisher` (redis.asyncio); same arguments."""
 
-    connection_errors = CONNECTION_ERRORS
+    key_type = None
+    protocol = PROTOCOL
 
     def __init__(
         self,
@@ -646,19 +630,8 @@ class AsyncRedisStreamPublisher(AsyncClosingContext):
         retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> None:
-        self._maxlen = _check_positive(maxlen, "maxlen", optional=True)
-        self._approximate = bool(approximate)
-        self._retry = check_retry(retry)
-        options = client_kwargs(
-            hostname,
-            port,
-            kwargs,
-            protocol=PROTOCOL,
-            asyncio=True,
-        )
-        self._broker = broker_name(hostname, port, options)
-        self._client = redis.asyncio.Redis(**options)
-        self._closed = False
+        self._trim = _trim_arguments(maxlen, approximate)
+        super().__init__(hostname, port, retry=retry, **kwargs)
 
     @classmethod
     def from_url(
@@ -681,30 +654,12 @@ class AsyncRedisStreamPublisher(AsyncClosingContext):
             **{**options, **kwargs},
         )
 
+    def _arguments(self, topic: str, message: bytes) -> tuple[Any, ...]:
+        return ("XADD", topic, *self._trim, "*", FIELD, message)
+
     async def send(self, topic: str, message: bytes) -> None:
         """Append a message to the stream (see `RedisStreamPublisher.send`)."""
-        check_topic(topic)
-        check_message(message)
-        if self._closed:
-            raise PublisherClosedError("AsyncRedisStreamPublisher is closed")
-        with map_errors(ERRORS, broker=self._broker):
-            await self._retry.call_async(
-                partial(
-                    self._client.xadd,
-                    topic,
-                    {FIELD: message},
-                    maxlen=self._maxlen,
-                    approximate=self._approximate,
-                ),
-                retry_on=CONNECTION_ERRORS,
-                broker=self._broker,
-                on_retry=partial(stop_if_fatal_async, broker=self._broker),
-            )
-
-    async def close(self) -> None:
-        """Close the connection (idempotent)."""
-        self._closed = True
-        await self._client.aclose()
+        await super().send(topic, message)
 
 
 class AsyncRedisStreamSubscriber(AsyncOpeningContext):
