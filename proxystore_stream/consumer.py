@@ -79,6 +79,13 @@ class _Materializer:
         except MalformedMessageError as exc:
             raise MalformedMessageError(exc.reason, topic=step.topic) from exc
 
+    def delivered(self, step: Delivery) -> Any:
+        """What the user gets for a step: the object (inline) or a lazy proxy (stored)."""
+        if type(step) is InlineObject:
+            return self.inline(step)
+        assert type(step) is StoredObject
+        return Proxy(self.factory(step))
+
     def factory(self, step: StoredObject) -> StoreFactory[Any]:
         self._check_serializer(step.store.serializer, step.topic)
         # Fail now, not at resolve time, if the message names an unknown kind.
@@ -255,9 +262,7 @@ class StreamConsumer(_LastDelivery, ClosingContext, Generic[T]):
                 consumer stays usable: the next call reads the next message).
         """
         step = self._next_delivery(timeout)
-        if isinstance(step, InlineObject):
-            return step.metadata, self._materializer.inline(step)
-        return step.metadata, Proxy(self._materializer.factory(step))
+        return step.metadata, self._materializer.delivered(step)
 
     def next_object_with_metadata(
         self,
@@ -271,10 +276,7 @@ class StreamConsumer(_LastDelivery, ClosingContext, Generic[T]):
 
     def next(self, timeout: float | None = None) -> T:
         """Return the next object (a lazy proxy for store events)."""
-        step = self._next_delivery(timeout)
-        if isinstance(step, InlineObject):
-            return self._materializer.inline(step)  # type: ignore[no-any-return]
-        return Proxy(self._materializer.factory(step))
+        return self._materializer.delivered(self._next_delivery(timeout))  # type: ignore[no-any-return]
 
     def next_object(self, timeout: float | None = None) -> T:
         """Return the next object itself (never a proxy)."""
@@ -351,10 +353,12 @@ class AsyncStreamConsumer(_LastDelivery, AsyncClosingContext, Generic[T]):
         return self
 
     async def __anext__(self) -> T:
+        # next(), inlined: one coroutine fewer per object.
         try:
-            return await self.next(self._timeout)
+            step = await self._next_delivery(self._timeout)
         except SubscriberClosedError:
             raise StopAsyncIteration from None
+        return self._materializer.delivered(step)  # type: ignore[no-any-return]
 
     async def _message(self, timeout: float | None) -> bytes:
         """The next message of a subscriber that has no `receive`."""
@@ -406,9 +410,7 @@ class AsyncStreamConsumer(_LastDelivery, AsyncClosingContext, Generic[T]):
             MalformedMessageError: If a message is not a valid envelope.
         """
         step = await self._next_delivery(timeout)
-        if isinstance(step, InlineObject):
-            return step.metadata, self._materializer.inline(step)
-        return step.metadata, Proxy(self._materializer.factory(step))
+        return step.metadata, self._materializer.delivered(step)
 
     async def next_object_with_metadata(
         self,
@@ -423,9 +425,7 @@ class AsyncStreamConsumer(_LastDelivery, AsyncClosingContext, Generic[T]):
     async def next(self, timeout: float | None = None) -> T:
         """Return the next object (a lazy proxy for store events)."""
         step = await self._next_delivery(timeout)
-        if isinstance(step, InlineObject):
-            return self._materializer.inline(step)  # type: ignore[no-any-return]
-        return Proxy(self._materializer.factory(step))
+        return self._materializer.delivered(step)  # type: ignore[no-any-return]
 
     async def next_object(self, timeout: float | None = None) -> T:
         """Return the next object itself (never a proxy)."""
