@@ -315,10 +315,28 @@ async def roundtrip_async(
     commands: Sequence[tuple[Any, ...]],
     *,
     check: bool = True,
+    timeout: float | None = None,
 ) -> list[Any]:
-    """Async twin of `roundtrip` (a redis.asyncio connection)."""
-    await connection.send_packed_command(connection.pack_commands(commands))
-    replies = [await _read_async(connection) for _ in commands]
+    """Async twin of `roundtrip` (a redis.asyncio connection).
+
+    Args:
+        connection: A connection of `own_connection`; best made with
+            ``socket_timeout=None`` and bounded here by `timeout` instead,
+            which spares redis.asyncio a ``wait_for`` task per write.
+        commands: As for `roundtrip`.
+        check: As for `roundtrip`.
+        timeout: Seconds the whole round trip may take (None: no bound).
+
+    Raises:
+        redis.TimeoutError: If `timeout` expired (the connection is dropped).
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await connection.send_packed_command(connection.pack_commands(commands))
+            replies = [await _read_async(connection) for _ in commands]
+    except TimeoutError as exc:
+        # Cut off mid-command: redis.asyncio already dropped the connection.
+        raise redis.exceptions.TimeoutError(f"No reply from Redis within {timeout} s") from exc
     return check_replies(replies) if check else replies
 
 

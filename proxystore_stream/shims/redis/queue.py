@@ -589,8 +589,9 @@ class AsyncRedisQueueSubscriber(AsyncOpeningContext):
         options = client_kwargs(hostname, port, kwargs, protocol=PROTOCOL, asyncio=True)
         self._broker = broker_name(hostname, port, options)
         self._closed = False
+        self._io_timeout: float | None = options.get("socket_timeout")
         self._client = redis.asyncio.Redis(**options)
-        self._connection = own_connection(self._client)
+        self._connection = own_connection(self._client, socket_timeout=None)
         # Rounds and acks take turns: an ack must not trim while a round
         # re-reads the processing lists.
         self._turn = asyncio.Lock()
@@ -642,7 +643,15 @@ class AsyncRedisQueueSubscriber(AsyncOpeningContext):
         """
         if self._closed:
             raise SubscriberClosedError("AsyncRedisQueueSubscriber is closed")
-        await self._call(partial(roundtrip_async, self._connection, [("PING",)]))
+        await self._call(partial(self._roundtrip, [("PING",)]))
+
+    async def _roundtrip(self, commands: list[Command], *, check: bool = True) -> list[Any]:
+        return await roundtrip_async(
+            self._connection,
+            commands,
+            check=check,
+            timeout=self._io_timeout,
+        )
 
     async def _next(self) -> Taken | None:
         return await self._call(partial(self._round, SLICE_SECONDS))
@@ -650,19 +659,18 @@ class AsyncRedisQueueSubscriber(AsyncOpeningContext):
     async def _round(self, wait: float) -> Taken | None:
         if self._closed:
             raise SubscriberClosedError("AsyncRedisQueueSubscriber is closed")
-        lists, connection = self._lists, self._connection
+        lists = self._lists
         async with self._turn:
             try:
                 if not lists.synced:
-                    lists.take_sync(await roundtrip_async(connection, lists.sync_commands()))
+                    lists.take_sync(await self._roundtrip(lists.sync_commands()))
                 trims, counts = lists.trims()
                 if lists.backlog:
                     if trims:
-                        await roundtrip_async(connection, trims)
+                        await self._roundtrip(trims)
                         lists.trimmed(counts)
                     return lists.backlog.popleft()
-                replies = await roundtrip_async(
-                    connection,
+                replies = await self._roundtrip(
                     [*trims, lists.move_command(wait)],
                     check=False,
                 )
@@ -671,7 +679,7 @@ class AsyncRedisQueueSubscriber(AsyncOpeningContext):
                 taken = lists.take_move(replies[-1])
                 follow = None if taken is not None else lists.follow_command(wait)
                 if follow is not None:
-                    reply = await roundtrip_async(connection, [follow], check=False)
+                    reply = await self._roundtrip([follow], check=False)
                     taken = lists.take_move(reply[0])
             except BaseException:
                 lists.lost()
@@ -709,7 +717,7 @@ class AsyncRedisQueueSubscriber(AsyncOpeningContext):
             if not trims:
                 return
             try:
-                await roundtrip_async(self._connection, trims)
+                await self._roundtrip(trims)
             except BaseException:
                 lists.lost()
                 raise
@@ -728,7 +736,7 @@ class AsyncRedisQueueSubscriber(AsyncOpeningContext):
             await self._fetch.settle()
             commands = [self._lists.give_back_command()]
             while commands:
-                reply = await roundtrip_async(self._connection, commands, check=False)
+                reply = await self._roundtrip(commands, check=False)
                 commands = self._lists.give_back_commands(reply[0])
         except _GIVE_BACK_ERRORS as exc:
             _kept(self._lists, exc)

@@ -70,6 +70,7 @@ from typing import Any
 from typing import Literal
 from typing import Self
 from typing import TypeVar
+from typing import cast
 
 from proxystore_stream._context import AsyncOpeningContext
 from proxystore_stream._context import ClosingContext
@@ -91,9 +92,13 @@ from proxystore_stream.shims.redis._common import SLICE_SECONDS
 from proxystore_stream.shims.redis._common import PendingFetch
 from proxystore_stream.shims.redis._common import broker_name
 from proxystore_stream.shims.redis._common import check_name
+from proxystore_stream.shims.redis._common import check_replies
 from proxystore_stream.shims.redis._common import check_retry
 from proxystore_stream.shims.redis._common import client_kwargs
 from proxystore_stream.shims.redis._common import default_consumer
+from proxystore_stream.shims.redis._common import own_connection
+from proxystore_stream.shims.redis._common import roundtrip
+from proxystore_stream.shims.redis._common import roundtrip_async
 from proxystore_stream.shims.redis._common import stop_if_fatal
 from proxystore_stream.shims.redis._common import topic_list
 from proxystore_stream.shims.redis._common import url_arguments
@@ -143,12 +148,24 @@ def _text(value: bytes | str) -> str:
 
 
 def _stream_replies(reply: Any) -> list[tuple[str, list[Any]]]:
-    """Normalise an XREADGROUP reply (RESP2 list or RESP3 map) to (stream, entries)."""
+    """Normalise a raw XREADGROUP reply (RESP2 list or RESP3 map) to (stream, entries)."""
     if not reply:
         return []
     if isinstance(reply, dict):
-        return [(_text(name), value[0] if value else []) for name, value in reply.items()]
-    return [(_text(name), entries) for name, entries in reply]
+        return [(_text(name), entries or []) for name, entries in reply.items()]
+    return [(_text(name), entries or []) for name, entries in reply]
+
+
+def _data(fields: Any) -> bytes | None:
+    """The message in a raw entry's fields (flat list, or map), or None if deleted."""
+    if not fields:
+        return None
+    if isinstance(fields, dict):
+        return cast(bytes | None, fields.get(FIELD))
+    for i in range(0, len(fields) - 1, 2):
+        if fields[i] == FIELD:
+            return cast(bytes, fields[i + 1])
+    return None
 
 
 def _is_busygroup(exc: Exception) -> bool:
@@ -160,6 +177,7 @@ def _is_nogroup(exc: Exception) -> bool:
 
 
 Step = Literal["history", "claim", "new"]
+Command = tuple[Any, ...]
 
 
 @dataclass
@@ -210,7 +228,7 @@ class _GroupReader:
             key = (stream, entry_id)
             if key in self.held:
                 continue
-            data = fields.get(FIELD) if fields else None
+            data = _data(fields)
             if data is None:
                 self.dead[key] = None
                 continue
@@ -261,13 +279,13 @@ class _GroupReader:
         self.handed[(entry[0], entry[1])] = None
         return entry[2]
 
-    def acks(self) -> tuple[dict[str, list[bytes]], list[tuple[str, bytes]]]:
-        """Return the ids to acknowledge per stream, and their keys for `acked`."""
+    def ack_commands(self, group: str) -> tuple[list[Command], list[tuple[str, bytes]]]:
+        """XACK commands for every handed or dead entry, and their keys for `acked`."""
         keys = [*self.handed, *self.dead]
         acks: dict[str, list[bytes]] = {}
         for stream, entry_id in keys:
             acks.setdefault(stream, []).append(entry_id)
-        return acks, keys
+        return [("XACK", stream, group, *ids) for stream, ids in acks.items()], keys
 
     def acked(self, keys: list[tuple[str, bytes]]) -> None:
         """Forget entries whose XACK reached Redis."""
@@ -276,11 +294,58 @@ class _GroupReader:
             self.handed.pop(key, None)
             self.dead.pop(key, None)
 
-    def read_arguments(self, step: Step) -> dict[str, Any]:
-        """Return the `streams` mapping of XREADGROUP for `step`."""
+    def read_commands(self, step: Step, group: str, consumer: str, wait: float) -> list[Command]:
+        """The commands reading entries for `step` (one XREADGROUP, or XAUTOCLAIMs)."""
+        if step == "claim":
+            idle = self.claim_idle_ms or 0
+            return [
+                (
+                    "XAUTOCLAIM",
+                    t,
+                    group,
+                    consumer,
+                    idle,
+                    self.claim_cursor[t],
+                    "COUNT",
+                    self.prefetch,
+                )
+                for t in self.topics
+            ]
         if step == "history":
-            return dict(self.history)
-        return dict.fromkeys(self.topics, ">")
+            streams = dict(self.history)
+            block: tuple[Any, ...] = ()
+        else:
+            streams = dict.fromkeys(self.topics, ">")
+            block = ("BLOCK", max(1, int(wait * 1000)))
+        return [
+            (
+                "XREADGROUP",
+                *("GROUP", group, consumer, "COUNT", self.prefetch),
+                *block,
+                "STREAMS",
+                *streams,
+                *streams.values(),
+            ),
+        ]
+
+    def take_reads(self, step: Step, replies: list[Any], now: float) -> bool:
+        """Take the replies of `read_commands`; False if a group is missing (NOGROUP).
+
+        Raises:
+            redis.ResponseError: If a reply is another error.
+        """
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                if _is_nogroup(reply):
+                    return False
+                raise reply
+        if step == "claim":
+            self.take_claims(replies, now)
+        elif step == "history":
+            self.take_history(replies[0])
+        else:
+            self.take_new(replies[0])
+        return True
 
 
 def _group_error(topic: str, exc: Exception) -> Exception:
@@ -431,6 +496,7 @@ class RedisStreamSubscriber(ClosingContext):
         self._released = False
         self._lock = threading.RLock()
         self._client = redis.Redis(**options)
+        self._connection = own_connection(self._client)
         try:
             self._call(self._create_groups)
         except BaseException:
@@ -526,19 +592,21 @@ class RedisStreamSubscriber(ClosingContext):
             BrokerConnectionError: If Redis stays unreachable past the deadline.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        reader = self._reader
         with self._lock:
             if self._closed:
                 raise SubscriberClosedError("RedisStreamSubscriber is closed")
-            self._call(self._ack)
             while not self._closed:
-                entry = self._reader.pop()
-                if entry is not None:
-                    return self._reader.hand(entry)
+                if reader.buffer:
+                    self._call(self._ack)
+                    return reader.hand(reader.buffer.popleft())
                 wait = SLICE_SECONDS
                 if deadline is not None:
                     wait = min(wait, deadline - time.monotonic())
                     if wait <= 0:
+                        self._call(self._ack)
                         raise StreamTimeoutError(f"No message within {timeout} s")
+                # The acknowledgements travel with the read.
                 self._call(partial(self._fill, wait))
             raise SubscriberClosedError("RedisStreamSubscriber is closed")
 
@@ -547,43 +615,20 @@ class RedisStreamSubscriber(ClosingContext):
             return
         reader = self._reader
         step = reader.step(time.monotonic())
-        try:
-            if step == "claim":
-                pipe = self._client.pipeline(transaction=False)
-                for topic in reader.topics:
-                    pipe.xautoclaim(
-                        topic,
-                        self._group,
-                        self._consumer,
-                        reader.claim_idle_ms or 0,
-                        reader.claim_cursor[topic],
-                        count=reader.prefetch,
-                    )
-                reader.take_claims(pipe.execute(), time.monotonic())
-                return
-            reply = self._client.xreadgroup(
-                self._group,
-                self._consumer,
-                reader.read_arguments(step),  # type: ignore[arg-type]
-                count=reader.prefetch,
-                block=None if step == "history" else max(1, int(wait * 1000)),
-            )
-        except redis.ResponseError as exc:
-            if not _is_nogroup(exc):
-                raise
+        acks, keys = reader.ack_commands(self._group)
+        reads = reader.read_commands(step, self._group, self._consumer, wait)
+        replies = roundtrip(self._connection, [*acks, *reads], check=False)
+        check_replies(replies[: len(acks)])
+        reader.acked(keys)
+        if not reader.take_reads(step, replies[len(acks) :], time.monotonic()):
             # The stream or group was deleted under us: start it again.
             self._create_groups()
-            return
-        if step == "history":
-            reader.take_history(reply)
-        else:
-            reader.take_new(reply)
 
     def _ack(self) -> None:
-        acks, keys = self._reader.acks()
-        for stream, ids in acks.items():
-            self._client.xack(stream, self._group, *ids)
-        self._reader.acked(keys)
+        acks, keys = self._reader.ack_commands(self._group)
+        if acks:
+            roundtrip(self._connection, acks)
+            self._reader.acked(keys)
 
     def ack(self) -> None:
         """Acknowledge every message handed over so far.
@@ -611,6 +656,7 @@ class RedisStreamSubscriber(ClosingContext):
     def _release(self) -> None:
         if not self._released:
             self._released = True
+            self._connection.disconnect()
             self._client.close()
 
 
@@ -709,7 +755,9 @@ class AsyncRedisStreamSubscriber(AsyncOpeningContext):
         self._broker = broker_name(hostname, port, options)
         self._closed = False
         self._opened = False
+        self._io_timeout: float | None = options.get("socket_timeout")
         self._client = redis.asyncio.Redis(**options)
+        self._connection = own_connection(self._client, socket_timeout=None)
         self._fetch: PendingFetch[Entry] = PendingFetch(self._next_entry)
 
     @classmethod
@@ -804,42 +852,27 @@ class AsyncRedisStreamSubscriber(AsyncOpeningContext):
             raise SubscriberClosedError("AsyncRedisStreamSubscriber is closed")
         reader = self._reader
         step = reader.step(time.monotonic())
-        try:
-            if step == "claim":
-                pipe = self._client.pipeline(transaction=False)
-                for topic in reader.topics:
-                    pipe.xautoclaim(
-                        topic,
-                        self._group,
-                        self._consumer,
-                        reader.claim_idle_ms or 0,
-                        reader.claim_cursor[topic],
-                        count=reader.prefetch,
-                    )
-                reader.take_claims(await pipe.execute(), time.monotonic())
-                return
-            reply = await self._client.xreadgroup(
-                self._group,
-                self._consumer,
-                reader.read_arguments(step),  # type: ignore[arg-type]
-                count=reader.prefetch,
-                block=None if step == "history" else max(1, int(wait * 1000)),
-            )
-        except redis.ResponseError as exc:
-            if not _is_nogroup(exc):
-                raise
+        acks, keys = reader.ack_commands(self._group)
+        reads = reader.read_commands(step, self._group, self._consumer, wait)
+        replies = await self._roundtrip([*acks, *reads], check=False)
+        check_replies(replies[: len(acks)])
+        reader.acked(keys)
+        if not reader.take_reads(step, replies[len(acks) :], time.monotonic()):
             await self._create_groups()
-            return
-        if step == "history":
-            reader.take_history(reply)
-        else:
-            reader.take_new(reply)
+
+    async def _roundtrip(self, commands: list[Command], *, check: bool = True) -> list[Any]:
+        return await roundtrip_async(
+            self._connection,
+            commands,
+            check=check,
+            timeout=self._io_timeout,
+        )
 
     async def _ack(self) -> None:
-        acks, keys = self._reader.acks()
-        for stream, ids in acks.items():
-            await self._client.xack(stream, self._group, *ids)
-        self._reader.acked(keys)
+        acks, keys = self._reader.ack_commands(self._group)
+        if acks:
+            await self._roundtrip(acks)
+            self._reader.acked(keys)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         """Yield messages until the subscriber is closed."""
@@ -857,8 +890,12 @@ class AsyncRedisStreamSubscriber(AsyncOpeningContext):
         if self._closed:
             raise SubscriberClosedError("AsyncRedisStreamSubscriber is closed")
         await self.open()
-        await self._call(self._ack)
-        return self._reader.hand(await self._fetch(timeout))
+        reader = self._reader
+        if reader.buffer and not self._fetch.busy:
+            await self._call(self._ack)
+            return reader.hand(reader.buffer.popleft())
+        # A read under way (or the one started now) sends the acknowledgements.
+        return reader.hand(await self._fetch(timeout))
 
     async def ack(self) -> None:
         """Acknowledge every message handed over so far (see `RedisStreamSubscriber.ack`)."""
@@ -879,4 +916,5 @@ class AsyncRedisStreamSubscriber(AsyncOpeningContext):
             # Whatever a read under way returns stays pending in Redis.
             await self._fetch.settle()
         finally:
+            await self._connection.disconnect()
             await self._client.aclose()
