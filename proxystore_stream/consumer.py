@@ -33,6 +33,7 @@ from proxystore_stream.protocols import AsyncSubscriber
 from proxystore_stream.protocols import Filter
 from proxystore_stream.protocols import Subscriber
 from proxystore_stream.proxy import Proxy
+from proxystore_stream.serialize import RAW
 from proxystore_stream.serialize import get_serializer
 from proxystore_stream.store.base import Store
 from proxystore_stream.store.factory import StoreFactory
@@ -56,7 +57,8 @@ class _Materializer:
         self._loads: dict[str, Callable[[Buffer], Any]] = {}
 
     def _check_serializer(self, name: str, topic: str) -> None:
-        if self._allowed is not None and name not in self._allowed:
+        # Raw bytes run no code when read: accepted whatever the allow-list.
+        if self._allowed is not None and name not in self._allowed and name != RAW.name:
             raise MalformedMessageError(
                 f"serializer {name!r} is not accepted by this consumer "
                 f"(accepted: {sorted(self._allowed)})",

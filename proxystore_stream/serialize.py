@@ -10,7 +10,12 @@ decodes it.
 | --- | --- | --- |
 | `pickle` (default) | any picklable object (protocol 5, out-of-band) | yes: trust or sign |
 | `msgpack` | None, bool, int, float, str, bytes, list, dict | no |
-| `raw` | `bytes` only, stored as they are (chosen automatically) | no |
+| `raw` | `bytes` only, as they are (chosen automatically, see below) | no |
+
+Under pickle (the default) a `bytes` object is written raw wherever it is
+alone: in a store, and inline in a message of its own. Reading it back then
+needs no copy. Consumers accept `raw` whatever their allow-list: reading raw
+bytes runs no code.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ __all__ = [
     "Serializer",
     "get_serializer",
     "register_serializer",
+    "serializer_for",
 ]
 
 _RAW_BYTES = 0
@@ -195,6 +201,19 @@ class RawBytesSerializer:
 
 
 RAW = RawBytesSerializer()
+
+
+def serializer_for(serializer: Serializer, obj: Any) -> Serializer:
+    """The serializer `obj` is written with alone: raw for `bytes` under pickle.
+
+    Pickle would write a `bytes` object as a tag byte and the bytes; written
+    raw, reading it back needs no copy to drop the tag. Other serializers
+    are kept as they are (they may mean to transform bytes too).
+    """
+    if type(obj) is bytes and serializer.name == "pickle":
+        return RAW
+    return serializer
+
 
 _SERIALIZERS: dict[str, Serializer] = {
     "pickle": PickleSerializer(),

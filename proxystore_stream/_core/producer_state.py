@@ -20,6 +20,7 @@ from typing import Any
 from typing import Generic
 from typing import Protocol
 from typing import TypeVar
+from typing import cast
 
 from proxystore_stream._core.envelope import EMPTY_METADATA
 from proxystore_stream._core.envelope import END
@@ -36,7 +37,9 @@ from proxystore_stream._types import Buffer
 from proxystore_stream.events import StoreConfig
 from proxystore_stream.exceptions import TopicClosedError
 from proxystore_stream.protocols import Filter
+from proxystore_stream.serialize import RAW
 from proxystore_stream.serialize import Serializer
+from proxystore_stream.serialize import serializer_for
 
 T = TypeVar("T")
 
@@ -215,6 +218,9 @@ class ProducerState(Generic[T]):
         self._signing_key = signing_key
         self._topics: dict[str, _Topic[T]] = {}
         self._tail = single_inline_tail(serializer.name)
+        self._raw_tail = (
+            single_inline_tail(RAW.name) if serializer_for(serializer, b"") is RAW else None
+        )
         self.direct_topics: set[str] = set()
         """Open topics whose objects each go out at once, inline, alone
         (batch size 1, no aggregator, no store): `encode_direct` serves them."""
@@ -279,11 +285,16 @@ class ProducerState(Generic[T]):
         state = self._topics[topic]
         seq = state.seq
         state.seq = seq + 1
+        frames: list[Buffer]
+        if type(obj) is bytes and self._raw_tail is not None:
+            tail, frames = self._raw_tail, [cast(bytes, obj)]  # serializer_for(): raw
+        else:
+            tail, frames = self._tail, self._serializer.dumps(obj)
         return encode_single_inline(
             state.head,
             seq,
-            self._tail,
-            self._serializer.dumps(obj),
+            tail,
+            frames,
             packed,
             signing_key=self._signing_key,
         )
@@ -352,7 +363,10 @@ class ProducerState(Generic[T]):
     ) -> tuple[Serializer, list[Buffer]]:
         """`item`'s serializer and frames for its store (or inline), made once."""
         if item.serializer is None or item.frames is None:
-            item.serializer = self._serializer if store is None else store.serializer_for(item.obj)
+            if store is None:
+                item.serializer = serializer_for(self._serializer, item.obj)
+            else:
+                item.serializer = store.serializer_for(item.obj)
             item.frames = item.serializer.dumps(item.obj)
         return item.serializer, item.frames
 
@@ -383,14 +397,21 @@ class ProducerState(Generic[T]):
         events: list[list[Any]] = []
         stores: list[list[Any]] = []
         store_index: dict[str, int] = {}
+        # A message names one serializer for its inline objects: an object
+        # alone in its message may keep its own (raw bytes), others are
+        # written with the producer's.
+        serializer_name = self._serializer.name
+        alone = len(ready.objects) == 1
         for item in ready.objects:
             serializer, frames = self._serialized(item, store)
-            if store is None:
-                events.append([INLINE, frames, item.metadata])
-                continue
-            if self._threshold is not None and frames_size(frames) < self._threshold:
+            if store is None or (
+                self._threshold is not None and frames_size(frames) < self._threshold
+            ):
                 if serializer.name != self._serializer.name:
-                    frames = self._serializer.dumps(item.obj)
+                    if alone and serializer is RAW:
+                        serializer_name = RAW.name
+                    else:
+                        frames = self._serializer.dumps(item.obj)
                 events.append([INLINE, frames, item.metadata])
                 continue
             index = store_index.get(serializer.name)
@@ -410,7 +431,7 @@ class ProducerState(Generic[T]):
             key_slots,
             self.producer_id,
             seq,
-            self._serializer.name,
+            serializer_name,
             stores,
             self._signing_key,
         )

@@ -11,9 +11,9 @@ from proxystore_stream._context import ClosingContext
 from proxystore_stream._types import Buffer
 from proxystore_stream.events import StoreConfig
 from proxystore_stream.proxy import Proxy
-from proxystore_stream.serialize import RAW
 from proxystore_stream.serialize import PickleSerializer
 from proxystore_stream.serialize import Serializer
+from proxystore_stream.serialize import serializer_for
 from proxystore_stream.store.connectors.protocols import Connector
 from proxystore_stream.store.factory import StoreFactory
 
@@ -79,9 +79,7 @@ class Store(ClosingContext, Generic[T]):
 
     def serializer_for(self, obj: Any) -> Serializer:
         """The serializer to write `obj` with: raw for `bytes` under pickle."""
-        if type(obj) is bytes and self.serializer.name == "pickle":
-            return RAW
-        return self.serializer
+        return serializer_for(self.serializer, obj)
 
     def put(self, obj: T) -> str:
         """Serialize and store `obj`; return its key."""

@@ -11,6 +11,8 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from proxystore_stream import StreamConsumer
+from proxystore_stream import StreamProducer
 from proxystore_stream._core.consumer_state import NEED_MESSAGE
 from proxystore_stream._core.consumer_state import ConsumerState
 from proxystore_stream._core.consumer_state import InlineObject
@@ -18,6 +20,7 @@ from proxystore_stream._core.envelope import _pack_uint
 from proxystore_stream._core.envelope import decode_wire
 from proxystore_stream._core.producer_state import ProducerState
 from proxystore_stream._core.producer_state import ReadyBatch
+from proxystore_stream.exceptions import MalformedMessageError
 from proxystore_stream.serialize import MsgpackSerializer
 from proxystore_stream.serialize import PickleSerializer
 from proxystore_stream.serialize import Serializer
@@ -144,3 +147,62 @@ def test_accept_picks_the_direct_path_once_the_topic_is_open() -> None:
     batched, _ = _pair(PickleSerializer(), batch_size=2)
     assert batched.accept("t", 0) is None
     assert isinstance(batched.accept("t", 1), ReadyBatch)
+
+
+class _Capture:
+    """A publisher that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, topic: str, message: bytes) -> None:
+        self.sent.append(message)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class _Replay:
+    """A subscriber that hands out given messages."""
+
+    def __init__(self, messages: list[bytes]) -> None:
+        self._messages = iter(messages)
+
+    def receive(self, timeout: float | None = None) -> bytes:
+        return next(self._messages)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _capturing(**kwargs: Any) -> tuple[_Capture, StreamProducer[Any]]:
+    capture = _Capture()
+    return capture, StreamProducer(capture, **kwargs)
+
+
+def test_bytes_alone_in_a_message_travel_raw_and_batches_stay_pickled() -> None:
+    capture, producer = _capturing()
+    producer.send("t", b"first")  # general path (opens the direct one)
+    producer.send("t", b"second")  # direct path
+    producer.send("t", "a str")
+    assert [decode_wire(m).serializer for m in capture.sent] == ["raw", "raw", "pickle"]
+    # Raw: the event's data is the object itself, no tag byte in front.
+    assert decode_wire(capture.sent[1]).events[0][1] == b"second"
+
+    batched, batch_producer = _capturing(batch_size=3)
+    for obj in (b"a", b"b", "c"):
+        batch_producer.send("t", obj)
+    assert [decode_wire(m).serializer for m in batched.sent] == ["pickle"]
+
+    consumer: StreamConsumer[Any] = StreamConsumer(_Replay(capture.sent + batched.sent))
+    assert [consumer.next() for _ in range(6)] == [b"first", b"second", "a str", b"a", b"b", "c"]
+
+
+def test_an_allow_list_without_pickle_still_accepts_raw_bytes() -> None:
+    capture, producer = _capturing()
+    producer.send("t", b"plain bytes")
+    producer.send("t", "pickled str")
+    consumer: StreamConsumer[Any] = StreamConsumer(_Replay(capture.sent), serializers=["msgpack"])
+    assert consumer.next() == b"plain bytes"
+    with pytest.raises(MalformedMessageError, match="not accepted"):
+        consumer.next()
