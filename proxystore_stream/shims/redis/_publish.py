@@ -49,9 +49,38 @@ from proxystore_stream.shims.redis._common import stop_if_fatal_async
 from proxystore_stream.shims.redis._common import url_arguments
 from proxystore_stream.shims.redis._common import wrong_type
 
-__all__ = ["AsyncCommandPublisher", "CommandPublisher", "replaying", "replaying_async"]
+__all__ = [
+    "AsyncCommandPublisher",
+    "CommandPublisher",
+    "pack",
+    "replaying",
+    "replaying_async",
+]
 
 T = TypeVar("T")
+
+# From this message size on, the command is written as a header, the message
+# itself and a trailer: hiredis's pack_command copies the message into a new
+# buffer, which took longer than the write for 1 MiB messages here.
+_LARGE = 64 * 1024
+
+
+def pack(connection: Any, arguments: tuple[Any, ...]) -> Any:
+    """Pack one command for `connection.send_packed_command`.
+
+    The message is the last argument; a large one is not copied.
+    """
+    message = arguments[-1]
+    size = len(message) if isinstance(message, bytes) else memoryview(message).nbytes
+    if size < _LARGE:
+        return connection.pack_command(*arguments)
+    head = connection.pack_command(*arguments[:-1])
+    # pack_command returns one bytes (hiredis) or a list of them (redis-py):
+    # re-count the array and append the message as one more bulk string.
+    head = b"".join(head) if isinstance(head, list) else head
+    _, _, rest = head.partition(b"\r\n")
+    header = b"*%d\r\n%s$%d\r\n" % (len(arguments), rest, size)
+    return [header, message, b"\r\n"]
 
 
 def replaying(failure: Exception, operation: Callable[[], T]) -> Callable[[], T]:
@@ -162,7 +191,7 @@ class CommandPublisher(ClosingContext):
             if self._closed:
                 raise PublisherClosedError(f"{type(self).__name__} is closed")
             connection = self._connection
-            connection.send_packed_command(connection.pack_command(*arguments))
+            connection.send_packed_command(pack(connection, arguments))
             connection.read_response()
 
     def close(self) -> None:
@@ -237,7 +266,7 @@ class AsyncCommandPublisher(AsyncClosingContext):
             connection = self._connection
             try:
                 async with asyncio.timeout(self._timeout):
-                    await connection.send_packed_command(connection.pack_command(*arguments))
+                    await connection.send_packed_command(pack(connection, arguments))
                     await connection.read_response()
             except TimeoutError as exc:
                 # Cut off mid-command: redis.asyncio already dropped the
