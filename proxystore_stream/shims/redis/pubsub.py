@@ -43,6 +43,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -73,7 +74,6 @@ from proxystore_stream.shims._errors import map_errors
 from proxystore_stream.shims.redis._common import CONNECTION_ERRORS
 from proxystore_stream.shims.redis._common import ERRORS
 from proxystore_stream.shims.redis._common import SLICE_SECONDS
-from proxystore_stream.shims.redis._common import PendingFetch
 from proxystore_stream.shims.redis._common import broker_name
 from proxystore_stream.shims.redis._common import check_retry
 from proxystore_stream.shims.redis._common import client_kwargs
@@ -408,9 +408,10 @@ class AsyncRedisSubscriber(AsyncOpeningContext):
 
     Construct it, then ``await subscriber.open()`` (or ``async with``) so the
     subscription is confirmed before anything is published; a first
-    `receive` opens it otherwise. One reader task reads the connection;
-    a timed-out or cancelled `receive` leaves it running, and the next call
-    gets its message, so nothing is lost.
+    `receive` opens it otherwise. `receive` reads the connection itself,
+    one caller at a time; a read cut off by a timeout or a cancellation
+    leaves the bytes read so far in the client's parser, and the next call
+    goes on from there, so nothing is lost.
     """
 
     connection_errors = CONNECTION_ERRORS
@@ -443,7 +444,7 @@ class AsyncRedisSubscriber(AsyncOpeningContext):
         self._lost = False
         self._client = redis.asyncio.Redis(**options)
         self._pubsub = self._client.pubsub()
-        self._fetch: PendingFetch[bytes] = PendingFetch(self._next_message)
+        self._reading = asyncio.Lock()
 
     @classmethod
     def from_url(
@@ -528,13 +529,15 @@ class AsyncRedisSubscriber(AsyncOpeningContext):
                 on_retry=partial(stop_if_fatal_async, broker=self._broker),
             )
 
-    async def _next_message(self) -> bytes | None:
-        # Runs as a task that PendingFetch never cancels on a caller's
-        # timeout, so it may block until a message arrives.
+    async def _next_message(self) -> bytes:
         while not self._buffer:
+            if self._closed:
+                raise SubscriberClosedError("AsyncRedisSubscriber is closed")
             try:
                 await self._drain()
             except CONNECTION_ERRORS as exc:
+                if self._closed:  # close() dropped the connection under us
+                    raise SubscriberClosedError("AsyncRedisSubscriber is closed") from exc
                 await self._recover(exc)
                 continue
             if self._lost:
@@ -573,17 +576,24 @@ class AsyncRedisSubscriber(AsyncOpeningContext):
         if self._closed:
             raise SubscriberClosedError("AsyncRedisSubscriber is closed")
         await self.open()
-        if self._buffer and not self._fetch.busy:
+        if self._buffer and not self._reading.locked():
             return self._buffer.popleft()
-        if self._lost and self._retry is None and not self._fetch.busy:
+        if self._lost and self._retry is None and not self._reading.locked():
             raise _lost(self._broker)
-        return await self._fetch(timeout)
+        try:
+            # Replies are read with disconnect_on_error=False: a read cut off
+            # here leaves the connection and the parser's buffer as they were.
+            async with asyncio.timeout(timeout), self._reading:
+                return await self._next_message()
+        except TimeoutError:
+            if self._closed:
+                raise SubscriberClosedError("AsyncRedisSubscriber is closed") from None
+            raise StreamTimeoutError(f"No message within {timeout} s") from None
 
     async def close(self) -> None:
         """Close the subscriber (idempotent); a waiting `receive` ends."""
         if self._closed:
             return
         self._closed = True
-        await self._fetch.cancel()
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._client.aclose()
