@@ -3,7 +3,7 @@
 | name | ours | bare redis-py |
 | --- | --- | --- |
 | ``redis`` | `RedisPublisher` / `RedisSubscriber` | PUBLISH + ``pubsub().get_message`` loop |
-| ``redis-queue`` | `RedisQueuePublisher` / `RedisQueueSubscriber` | LPUSH + BRPOP |
+| ``redis-queue`` | `RedisQueuePublisher` / `RedisQueueSubscriber` (prefetch 16) | LPUSH + BRPOP |
 | ``redis-stream`` | `RedisStreamPublisher` / `RedisStreamSubscriber` | XADD + XREADGROUP/XACK |
 
 The broker is taken from ``PSS_REDIS_URL`` (default
@@ -11,6 +11,10 @@ The broker is taken from ``PSS_REDIS_URL`` (default
 so the comparison measures the shim, not redis-py's parser choice (its
 default RESP3 is several times slower for large pub/sub messages). Streams
 made by a run stay in Redis (``redis-cli --scan --pattern 'bench-*'``).
+
+Our list-queue subscriber reads ahead like the Streams one (``prefetch=16``,
+the Streams default): it still moves every message into its processing list
+before handing it over (at least once), which BRPOP (at most once) does not.
 
 Run ``python -m proxystore_stream.cli.targets.redis`` for a smoke check and
 a side-by-side timing of our shims against bare redis-py.
@@ -100,7 +104,7 @@ def open_endpoints(name: str, topic: str) -> tuple[Any, Any]:
         if name == "redis":
             subscriber = RedisSubscriber.from_url(url, topic)
         elif name == "redis-queue":
-            subscriber = RedisQueueSubscriber.from_url(url, topic)
+            subscriber = RedisQueueSubscriber.from_url(url, topic, prefetch=DEFAULT_PREFETCH)
         else:
             subscriber = RedisStreamSubscriber.from_url(url, topic, group=_group())
     except BaseException:
@@ -129,7 +133,7 @@ async def open_async_endpoints(name: str, topic: str) -> tuple[Any, Any]:
         subscriber = AsyncRedisSubscriber.from_url(url, topic)
     elif name == "redis-queue":
         publisher = AsyncRedisQueuePublisher.from_url(url)
-        subscriber = AsyncRedisQueueSubscriber.from_url(url, topic)
+        subscriber = AsyncRedisQueueSubscriber.from_url(url, topic, prefetch=DEFAULT_PREFETCH)
     else:
         publisher = AsyncRedisStreamPublisher.from_url(url)
         subscriber = AsyncRedisStreamSubscriber.from_url(url, topic, group=_group())

@@ -44,6 +44,7 @@ from proxystore_stream.shims.redis._common import check_retry
 from proxystore_stream.shims.redis._common import check_topic
 from proxystore_stream.shims.redis._common import client_kwargs
 from proxystore_stream.shims.redis._common import own_connection
+from proxystore_stream.shims.redis._common import pack_commands
 from proxystore_stream.shims.redis._common import stop_if_fatal
 from proxystore_stream.shims.redis._common import stop_if_fatal_async
 from proxystore_stream.shims.redis._common import url_arguments
@@ -73,10 +74,12 @@ def pack(connection: Any, arguments: tuple[Any, ...]) -> Any:
     message = arguments[-1]
     size = len(message) if isinstance(message, bytes) else memoryview(message).nbytes
     if size < _LARGE:
-        return connection.pack_command(*arguments)
-    head = connection.pack_command(*arguments[:-1])
-    # pack_command returns one bytes (hiredis) or a list of them (redis-py):
-    # re-count the array and append the message as one more bulk string.
+        if type(message) is not bytes:  # hiredis packs bytes, not bytearray
+            arguments = (*arguments[:-1], bytes(message))
+        return pack_commands(connection, [arguments])
+    # Pack the rest, then re-count the array and append the message as one
+    # more bulk string.
+    head = pack_commands(connection, [arguments[:-1]])
     head = b"".join(head) if isinstance(head, list) else head
     _, _, rest = head.partition(b"\r\n")
     header = b"*%d\r\n%s$%d\r\n" % (len(arguments), rest, size)

@@ -7,7 +7,9 @@
 | ordering | FIFO per topic (list) |
 | no subscriber | messages wait in the list |
 | acknowledgement | on the next receive, or `ack()`; unacknowledged ones come again |
+| read-ahead | ``prefetch=n``: up to n messages moved per round trip (default 1) |
 | duplicates | the handed, unacked message after a crash, close or lost connection |
+| | with ``prefetch=n``: up to n handed since the last round trip (crash, lost connection) |
 | | a send retried after its reply was lost |
 | reconnection | `retry=` `RetryPolicy` (30 s), then `BrokerConnectionError` |
 | max message size | 512 MiB (`proto-max-bulk-len`) |
@@ -132,6 +134,19 @@ end
 return false
 """
 
+# KEYS: one topic's list, then its processing list; ARGV: how many at most.
+# Moves up to that many messages; returns {length left, message, ...}.
+_TAKE = """
+local out = {0}
+for i = 1, tonumber(ARGV[1]) do
+  local message = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not message then break end
+  out[i + 1] = message
+end
+out[1] = redis.call('LLEN', KEYS[1])
+return out
+"""
+
 # KEYS as above. Moves every processing list back to the head (right end)
 # of its topic's list, oldest message rightmost, so it is popped first.
 _GIVE_BACK = """
@@ -174,6 +189,14 @@ def _check_timeout(timeout: float | None) -> float | None:
     return timeout
 
 
+def _check_prefetch(prefetch: int) -> int:
+    if not isinstance(prefetch, int) or isinstance(prefetch, bool):
+        raise TypeError(f"prefetch must be an int, not {type(prefetch).__name__}")
+    if prefetch < 1:
+        raise ValueError(f"prefetch must be >= 1, not {prefetch}")
+    return prefetch
+
+
 def _block(wait: float) -> float:
     return max(_MIN_BLOCK, round(wait, 3))
 
@@ -192,6 +215,7 @@ class _Lists:
 
     topics: list[str]
     consumer: str
+    prefetch: int = 1
     keys: list[str] = field(init=False)
     # Messages read back from the processing lists, oldest first.
     backlog: deque[Taken] = field(default_factory=deque)
@@ -199,6 +223,10 @@ class _Lists:
     synced: bool = False
     # Redis answered OOM to a move: poll with the allow-oom script.
     full: bool = False
+    # Read-ahead: messages the topic's list held after the last move.
+    waiting: int = 0
+    # Topic index of the message handed last (the one close() gives back).
+    last: int | None = None
 
     def __post_init__(self) -> None:
         self.keys = [processing_list(t, self.consumer) for t in self.topics]
@@ -209,6 +237,8 @@ class _Lists:
         self.synced = False
         self.backlog.clear()
         self.handed = [0] * len(self.topics)
+        self.waiting = 0
+        self.last = None
 
     def sync_commands(self) -> list[Command]:
         """Commands reading every processing list whole."""
@@ -302,7 +332,59 @@ class _Lists:
     def hand(self, taken: Taken) -> bytes:
         """Record a message as handed to the caller and return it."""
         self.handed[taken[0]] += 1
+        self.last = taken[0]
         return taken[1]
+
+    def reads_ahead(self) -> bool:
+        """Whether a round moves several messages (one topic, prefetch > 1, not full)."""
+        return self.prefetch > 1 and len(self.topics) == 1 and not self.full
+
+    def acks_each(self) -> bool:
+        """Whether each receive acknowledges the previous message in Redis at once.
+
+        Without read-ahead every receive is a round trip anyway; with it,
+        the acknowledgements wait for the next round trip.
+        """
+        return not self.reads_ahead()
+
+    def read_ahead_commands(self, wait: float) -> list[Command]:
+        """Commands moving up to `prefetch` messages: at once if some are known to wait."""
+        topic, key = self.topics[0], self.keys[0]
+        if self.waiting:
+            return [("EVAL", _TAKE, 2, topic, key, min(self.waiting, self.prefetch))]
+        return [("BLMOVE", topic, key, "RIGHT", "LEFT", _block(wait)), ("LLEN", topic)]
+
+    def take_read_ahead(self, replies: list[Any]) -> Taken | None:
+        """Take the replies of `read_ahead_commands`: the first message, the rest queued.
+
+        Raises:
+            redis.ResponseError: If a reply is an error other than OOM.
+        """
+        if len(replies) == 1:
+            if isinstance(replies[0], redis.ResponseError):
+                return self.take_move(replies[0])
+            self.waiting = int(replies[0][0])
+            moved = replies[0][1:]
+        else:
+            first = self.take_move(replies[0])
+            if isinstance(replies[1], redis.ResponseError):
+                raise replies[1]
+            self.waiting = int(replies[1])
+            moved = [] if first is None else [first[1]]
+        self.backlog.extend((0, message) for message in moved[1:])
+        return (0, moved[0]) if moved else None
+
+    def closing_trims(self) -> tuple[list[Command], list[int]]:
+        """Trims acknowledging every handed message except the last one, for close()."""
+        counts = list(self.handed)
+        if self.last is not None and counts[self.last]:
+            counts[self.last] -= 1
+        commands: list[Command] = [
+            ("LTRIM", key, 0, -(count + 1))
+            for key, count in zip(self.keys, counts, strict=True)
+            if count
+        ]
+        return commands, counts
 
 
 class RedisQueuePublisher(CommandPublisher):
@@ -336,6 +418,13 @@ class RedisQueueSubscriber(ClosingContext):
             messages; None makes a unique one (``host-pid-random``).
         timeout: Seconds iteration waits for a message at most (None:
             forever); expiry raises `StreamTimeoutError`.
+        prefetch: Messages moved per round trip at most (one topic only).
+            1: each receive is one round trip that also acknowledges the
+            previous message. More: waiting messages are moved into the
+            processing list together and handed out one by one, and the
+            acknowledgements travel with the next round trip, so a crash
+            or lost connection redelivers up to `prefetch` handed messages
+            (close() still gives back only the last one).
         retry: Reconnect policy (None: `RetryPolicy()`, a 30 s deadline).
         **kwargs: Passed to `redis.Redis` (see `RedisQueuePublisher`).
 
@@ -355,11 +444,12 @@ class RedisQueueSubscriber(ClosingContext):
         *,
         consumer: str | None = None,
         timeout: float | None = None,
+        prefetch: int = 1,
         retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> None:
         name = check_name(default_consumer() if consumer is None else consumer, "consumer")
-        self._lists = _Lists(topic_list(topic), name)
+        self._lists = _Lists(topic_list(topic), name, _check_prefetch(prefetch))
         self._timeout = _check_timeout(timeout)
         self._retry = check_retry(retry)
         options = client_kwargs(hostname, port, kwargs, protocol=PROTOCOL)
@@ -383,6 +473,7 @@ class RedisQueueSubscriber(ClosingContext):
         *,
         consumer: str | None = None,
         timeout: float | None = None,
+        prefetch: int = 1,
         retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> Self:
@@ -394,6 +485,7 @@ class RedisQueueSubscriber(ClosingContext):
             topic,
             consumer=consumer,
             timeout=timeout,
+            prefetch=prefetch,
             retry=retry,
             **{**options, **kwargs},
         )
@@ -464,14 +556,21 @@ class RedisQueueSubscriber(ClosingContext):
                 lists.take_sync(roundtrip(connection, lists.sync_commands()))
             trims, counts = lists.trims()
             if lists.backlog:
-                if trims:
+                if trims and lists.acks_each():
                     roundtrip(connection, trims)
                     lists.trimmed(counts)
                 return lists.backlog.popleft()
-            replies = roundtrip(connection, [*trims, lists.move_command(wait)], check=False)
-            check_replies(replies[:-1])
-            lists.trimmed(counts)
-            taken = lists.take_move(replies[-1])
+            if lists.reads_ahead():
+                moves = lists.read_ahead_commands(wait)
+                replies = roundtrip(connection, [*trims, *moves], check=False)
+                check_replies(replies[: len(trims)])
+                lists.trimmed(counts)
+                taken = lists.take_read_ahead(replies[len(trims) :])
+            else:
+                replies = roundtrip(connection, [*trims, lists.move_command(wait)], check=False)
+                check_replies(replies[:-1])
+                lists.trimmed(counts)
+                taken = lists.take_move(replies[-1])
             follow = None if taken is not None else lists.follow_command(wait)
             if follow is not None:
                 taken = lists.take_move(roundtrip(connection, [follow], check=False)[0])
@@ -528,6 +627,9 @@ class RedisQueueSubscriber(ClosingContext):
                 self._release()
 
     def _give_back(self) -> None:
+        trims, _ = self._lists.closing_trims()
+        if trims:
+            roundtrip(self._connection, trims)
         commands = [self._lists.give_back_command()]
         while commands:
             reply = roundtrip(self._connection, commands, check=False)[0]
@@ -579,11 +681,12 @@ class AsyncRedisQueueSubscriber(AsyncOpeningContext):
         *,
         consumer: str | None = None,
         timeout: float | None = None,
+        prefetch: int = 1,
         retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> None:
         name = check_name(default_consumer() if consumer is None else consumer, "consumer")
-        self._lists = _Lists(topic_list(topic), name)
+        self._lists = _Lists(topic_list(topic), name, _check_prefetch(prefetch))
         self._timeout = _check_timeout(timeout)
         self._retry = check_retry(retry)
         options = client_kwargs(hostname, port, kwargs, protocol=PROTOCOL, asyncio=True)
@@ -605,6 +708,7 @@ class AsyncRedisQueueSubscriber(AsyncOpeningContext):
         *,
         consumer: str | None = None,
         timeout: float | None = None,
+        prefetch: int = 1,
         retry: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> Self:
@@ -616,6 +720,7 @@ class AsyncRedisQueueSubscriber(AsyncOpeningContext):
             topic,
             consumer=consumer,
             timeout=timeout,
+            prefetch=prefetch,
             retry=retry,
             **{**options, **kwargs},
         )
@@ -666,17 +771,24 @@ class AsyncRedisQueueSubscriber(AsyncOpeningContext):
                     lists.take_sync(await self._roundtrip(lists.sync_commands()))
                 trims, counts = lists.trims()
                 if lists.backlog:
-                    if trims:
+                    if trims and lists.acks_each():
                         await self._roundtrip(trims)
                         lists.trimmed(counts)
                     return lists.backlog.popleft()
-                replies = await self._roundtrip(
-                    [*trims, lists.move_command(wait)],
-                    check=False,
-                )
-                check_replies(replies[:-1])
-                lists.trimmed(counts)
-                taken = lists.take_move(replies[-1])
+                if lists.reads_ahead():
+                    moves = lists.read_ahead_commands(wait)
+                    replies = await self._roundtrip([*trims, *moves], check=False)
+                    check_replies(replies[: len(trims)])
+                    lists.trimmed(counts)
+                    taken = lists.take_read_ahead(replies[len(trims) :])
+                else:
+                    replies = await self._roundtrip(
+                        [*trims, lists.move_command(wait)],
+                        check=False,
+                    )
+                    check_replies(replies[:-1])
+                    lists.trimmed(counts)
+                    taken = lists.take_move(replies[-1])
                 follow = None if taken is not None else lists.follow_command(wait)
                 if follow is not None:
                     reply = await self._roundtrip([follow], check=False)
@@ -734,6 +846,9 @@ class AsyncRedisQueueSubscriber(AsyncOpeningContext):
         try:
             # A message a round under way moved is in the processing list.
             await self._fetch.settle()
+            trims, _ = self._lists.closing_trims()
+            if trims:
+                await self._roundtrip(trims)
             commands = [self._lists.give_back_command()]
             while commands:
                 reply = await self._roundtrip(commands, check=False)
