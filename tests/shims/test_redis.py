@@ -41,6 +41,7 @@ from proxystore_stream.shims.redis import RedisQueueSubscriber  # noqa: E402
 from proxystore_stream.shims.redis import RedisStreamPublisher  # noqa: E402
 from proxystore_stream.shims.redis import RedisStreamSubscriber  # noqa: E402
 from proxystore_stream.shims.redis import RedisSubscriber  # noqa: E402
+from proxystore_stream.shims.redis._common import roundtrip  # noqa: E402
 from proxystore_stream.shims.redis._common import url_arguments  # noqa: E402
 
 HOST, PORT = "127.0.0.1", 6379
@@ -1012,3 +1013,154 @@ def test_bench_target_moves_100_messages_both_ways(raw: Any, shim: str) -> None:
             raw.delete(topic)
 
     assert asyncio.run(through_async()) == [b"%d" % i for i in range(100)]
+
+
+# --- list-queue read-ahead (prefetch) ----------------------------------------
+
+
+def test_queue_prefetch_moves_several_and_acks_with_the_next_round(raw: Any, topic: str) -> None:
+    raw.lpush(topic, b"a", b"b", b"c", b"d", b"e")
+    with RedisQueueSubscriber(HOST, PORT, topic, consumer="w", prefetch=3) as sub:
+        # The first round blocks for one message and learns that 4 wait.
+        assert sub.receive(5) == b"a"
+        assert processing(raw, topic, "w") == [b"a"]
+        # The next round acknowledges a and moves 3 at once.
+        assert sub.receive(5) == b"b"
+        assert processing(raw, topic, "w") == [b"d", b"c", b"b"]
+        assert raw.lrange(topic, 0, -1) == [b"e"]
+        # Served from the read-ahead: no round trip, nothing trimmed yet.
+        assert [sub.receive(5), sub.receive(5)] == [b"c", b"d"]
+        assert processing(raw, topic, "w") == [b"d", b"c", b"b"]
+        assert sub.receive(5) == b"e"  # acknowledges b, c and d
+        assert processing(raw, topic, "w") == [b"e"]
+        sub.ack()
+        assert processing(raw, topic, "w") == []
+    assert raw.llen(topic) == 0
+
+
+def test_queue_prefetch_close_mid_buffer_gives_back_only_the_last_handed(
+    raw: Any,
+    topic: str,
+) -> None:
+    raw.lpush(topic, b"a", b"b", b"c", b"d", b"e")
+    sub = RedisQueueSubscriber(HOST, PORT, topic, consumer="w", prefetch=3)
+    assert [sub.receive(5), sub.receive(5), sub.receive(5)] == [b"a", b"b", b"c"]
+    sub.close()  # b is acknowledged; c (handed last) and d (read ahead) go back
+    assert processing(raw, topic, "w") == []
+    with RedisQueueSubscriber(HOST, PORT, topic, consumer="other") as other:
+        assert [other.receive(5) for _ in range(3)] == [b"c", b"d", b"e"]
+        other.ack()
+    assert raw.llen(topic) == 0
+
+
+def test_queue_prefetch_crash_mid_buffer_redelivers_at_most_prefetch(
+    raw: Any,
+    topic: str,
+) -> None:
+    raw.lpush(topic, b"a", b"b", b"c", b"d", b"e")
+    sub = RedisQueueSubscriber(HOST, PORT, topic, consumer="w", prefetch=3)
+    got = [sub.receive(5) for _ in range(3)]  # a acked; b, c handed; d read ahead
+    # Crash: drop the connection without giving anything back.
+    sub._connection.disconnect()
+    sub._released = sub._closed = True
+    sub._client.close()
+    with RedisQueueSubscriber(HOST, PORT, topic, consumer="w", prefetch=3) as again:
+        got += [again.receive(5) for _ in range(4)]
+        again.ack()
+        with pytest.raises(StreamTimeoutError):
+            again.receive(0.2)
+    assert got == [b"a", b"b", b"c", b"b", b"c", b"d", b"e"]
+    redelivered = len(got) - len(set(got))
+    assert redelivered == 2  # b and c: handed since the last round trip, <= prefetch
+
+
+def test_queue_prefetch_lost_connection_mid_buffer_loses_nothing(raw: Any, topic: str) -> None:
+    sent = [b"m%d" % i for i in range(8)]
+    raw.lpush(topic, *sent)
+    with RedisQueueSubscriber(HOST, PORT, topic, consumer="w", prefetch=4) as sub:
+        got = [sub.receive(5) for _ in range(3)]  # m0; then m1 + m2, m3, m4 read ahead
+        client_id = roundtrip(sub._connection, [("CLIENT", "ID")])[0]
+        raw.client_kill_filter(_id=client_id)  # the next round trip fails and re-reads
+        got += [sub.receive(5), sub.receive(5)]  # m3, m4: still served from the buffer
+        deadline = time.monotonic() + 30
+        while set(got) != set(sent) and time.monotonic() < deadline:
+            got.append(sub.receive(5))
+        sub.ack()
+    assert set(got) == set(sent)
+    # m1..m4 were handed since the last round trip (<= prefetch): delivered again.
+    again = [b"m1", b"m2", b"m3", b"m4"]
+    assert got == [b"m0", *again, *again, b"m5", b"m6", b"m7"]
+    assert processing(raw, topic, "w") == []
+
+
+def test_async_queue_prefetch_close_mid_buffer(raw: Any, topic: str) -> None:
+    async def main() -> list[bytes]:
+        raw.lpush(topic, b"a", b"b", b"c", b"d")
+        sub = AsyncRedisQueueSubscriber(HOST, PORT, topic, consumer="w", prefetch=3)
+        async with sub:
+            got = [await sub.receive(5) for _ in range(2)]  # a, then b (c, d ahead)
+            assert processing(raw, topic, "w") == [b"d", b"c", b"b"]
+        async with AsyncRedisQueueSubscriber(HOST, PORT, topic) as other:
+            got += [await other.receive(5) for _ in range(3)]
+            await other.ack()
+        return got
+
+    assert asyncio.run(main()) == [b"a", b"b", b"b", b"c", b"d"]
+    assert raw.llen(topic) == 0
+
+
+def test_queue_prefetch_is_checked() -> None:
+    with pytest.raises(TypeError, match="prefetch"):
+        RedisQueueSubscriber(HOST, PORT, "t", prefetch=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="prefetch"):
+        AsyncRedisQueueSubscriber(HOST, PORT, "t", prefetch=0)
+
+
+# --- publishers: large messages are written without a copy --------------------
+
+
+@pytest.mark.parametrize("size", [64 * 1024 - 1, 64 * 1024, 3 * MiB + 7])
+def test_large_messages_round_trip_on_every_publisher(raw: Any, topic: str, size: int) -> None:
+    message = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    with RedisQueuePublisher(HOST, PORT) as pub:
+        pub.send(topic, message)
+        pub.send(topic, bytearray(message))
+        pub.send(topic, memoryview(message))
+    assert raw.lrange(topic, 0, -1) == [message] * 3
+    stream = topic + "-s"
+    try:
+        with RedisStreamPublisher(HOST, PORT, maxlen=10) as spub:
+            spub.send(stream, memoryview(message))
+        assert raw.xrange(stream)[0][1] == {b"data": message}
+    finally:
+        raw.delete(stream)
+
+    async def main() -> None:
+        async with AsyncRedisPublisher(HOST, PORT) as apub:
+            with RedisSubscriber(HOST, PORT, topic + "-p") as sub:
+                await apub.send(topic + "-p", bytearray(message))
+                assert sub.receive(5) == message
+
+    asyncio.run(main())
+
+
+def test_async_pubsub_receive_cut_off_mid_message_loses_nothing(raw: Any) -> None:
+    channel = name()
+    sent = [bytes([i]) * (2 * MiB) for i in range(6)]
+
+    async def main() -> list[bytes]:
+        got: list[bytes] = []
+        async with (
+            AsyncRedisPublisher(HOST, PORT) as pub,
+            AsyncRedisSubscriber(HOST, PORT, channel) as sub,
+        ):
+            for message in sent:
+                await pub.send(channel, message)
+            deadline = time.monotonic() + 30
+            while len(got) < len(sent) and time.monotonic() < deadline:
+                # Often expires while a 2 MiB message is half read.
+                with contextlib.suppress(StreamTimeoutError):
+                    got.append(await sub.receive(0.0005))
+        return got
+
+    assert asyncio.run(main()) == sent
