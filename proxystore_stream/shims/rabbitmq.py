@@ -484,6 +484,75 @@ def _tune_reads(connection: Any) -> None:
         transport._MAX_CONSUME_BYTES = _CONSUME_BYTES
 
 
+# pika writes each frame of a message (method, header, body) as its own chunk,
+# one send() each, and BlockingConnection then runs a poll cycle per publish
+# or ack (set writer, poll, send, remove writer): six system calls for one
+# 100 B message, and as many GIL hand-overs to a receiving thread. Per
+# connection, `_tune_writes` joins the frames of a message of at most
+# _JOIN_BYTES into one chunk and, on plain TCP, sends a chunk at once when
+# nothing waits ahead of it (what asyncio's own transports do); whatever the
+# socket does not take goes to pika's buffer and writer as before, so order
+# and back-pressure are pika's.
+_JOIN_BYTES = 64 * 1024
+# A sync publisher reads what the broker sent (confirms, heartbeats, a channel
+# close) once per this many sends, and in flush() and while waiting for room.
+_READ_EVERY = 64
+
+
+def _tune_writes(connection: Any, *, direct: bool = True) -> None:
+    """Join small frames and write them at once on a pika (non-blocking) connection.
+
+    With ``direct=False`` only the joining is done: the sync subscriber keeps
+    pika's poll cycle per ack, which is how it notices a lost connection
+    before it hands over messages buffered from it. Skipped (pika's own
+    writes stay) if the private names it relies on are missing from this
+    pika version.
+    """
+    transport: Any = getattr(connection, "_transport", None)
+    output = getattr(connection, "_output_marshaled_frames", None)
+    if transport is None or output is None or not hasattr(connection, "frames_sent"):
+        return
+
+    def joined_output(frames: Sequence[bytes]) -> None:
+        if len(frames) > 1:
+            size = 0
+            for chunk in frames:
+                size += len(chunk)
+            if size <= _JOIN_BYTES:
+                # pika counts one per chunk it writes; keep its tally per frame.
+                connection.frames_sent += len(frames) - 1
+                output([b"".join(frames)])
+                return
+        output(frames)
+
+    connection._output_marshaled_frames = joined_output
+    if (
+        not direct
+        or type(transport).__name__ != "_AsyncPlaintextTransport"
+        or not all(
+            hasattr(transport, name) for name in ("_sock", "_tx_buffers", "_state", "_STATE_ACTIVE")
+        )
+    ):
+        return  # TLS writes go through pika's SSL state machine
+    write = transport.write
+    sock, pending, active = transport._sock, transport._tx_buffers, transport._STATE_ACTIVE
+
+    def direct_write(data: bytes) -> None:
+        if not pending and transport._state == active:
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # pika's writer meets the error again and closes
+            if sent == len(data):
+                return
+            data = data[sent:]
+        write(data)
+
+    transport.write = direct_write
+
+
 def _close_quietly(connection: Any) -> None:
     if connection is not None and connection.is_open:
         # A lost connection is already gone; closing must not raise.
@@ -553,6 +622,7 @@ class RabbitMQPublisher(ClosingContext):
         self._unconfirmed = _Unconfirmed()
         self._nacks = _NackBackoff(self._retry)
         self._confirm_timeout = max(self._retry.deadline, _CONFIRM_TIMEOUT)
+        self._sends = 0
         self._closed = False
         self._connection: Any = None
         self._channel: Any = None
@@ -567,6 +637,7 @@ class RabbitMQPublisher(ClosingContext):
         """Take `connection`, open the channel and declare the known names (pika errors pass)."""
         self._connection = connection
         _tune_reads(getattr(connection, "_impl", None))
+        _tune_writes(getattr(connection, "_impl", None))
         self._channel = channel = connection.channel()
         connection.add_on_connection_blocked_callback(self._on_blocked)
         connection.add_on_connection_unblocked_callback(self._on_unblocked)
@@ -645,6 +716,12 @@ class RabbitMQPublisher(ClosingContext):
         body = bytes(message)
         self._ensure_link()
         try:
+            self._sends += 1
+            if self._sends >= _READ_EVERY:
+                # Publishing writes without a poll cycle (see _tune_writes):
+                # read confirms, heartbeats and a channel close every so often.
+                self._sends = 0
+                self._connection.process_data_events(time_limit=0)
             self._check_channel()
         except Exception as exc:
             self._recover_or_raise(exc)
@@ -874,6 +951,7 @@ class RabbitMQSubscriber(ClosingContext):
         """Take `connection`, open a channel and subscribe (pika errors pass)."""
         self._connection = connection
         _tune_reads(getattr(connection, "_impl", None))
+        _tune_writes(getattr(connection, "_impl", None), direct=False)
         self._channel = channel = connection.channel()
         if self._mode == "fanout":
             queue = channel.queue_declare("", exclusive=True, auto_delete=True)
@@ -1136,6 +1214,7 @@ class _AsyncLink:
         try:
             await opened
             _tune_reads(connection)
+            _tune_writes(connection)
             link.channel = await link.call(
                 lambda callback: connection.channel(on_open_callback=callback),
             )

@@ -587,3 +587,66 @@ def test_async_explicit_ack_reaches_the_broker_before_close(topics: list[str]) -
             return rest
 
     assert asyncio.run(main()) == [b"job-2"]
+
+
+@pytest.mark.parametrize("mode", [F, Q], ids=["fanout", "queue"])
+def test_publisher_writes_each_small_message_as_one_chunk(
+    mode: dict[str, object],
+    topics: list[str],
+) -> None:
+    """Frames of a small message go out joined, large ones frame by frame; all arrive."""
+    topic = topics[0]
+    big = bytes(range(256)) * 1024  # 256 KiB: more than one body frame, not joined
+    sent = [b"%d" % i for i in range(100)] + [big, b"after"]
+    with (
+        RabbitMQSubscriber(topic, **mode) as sub,  # type: ignore[arg-type]
+        RabbitMQPublisher(**mode) as pub,  # type: ignore[arg-type]
+    ):
+        pub.send(topic, sent[0])  # declares the exchange or queue first
+        connection = pub._connection._impl
+        chunks: list[int] = []
+        write = connection._transport.write
+
+        def counting_write(data: bytes) -> None:
+            chunks.append(len(data))
+            write(data)
+
+        connection._transport.write = counting_write
+        frames = connection.frames_sent
+        for message in sent[1:100]:
+            pub.send(topic, message)
+        # Method, header and body frame per message, still counted per frame.
+        assert connection.frames_sent - frames == 3 * 99
+        assert len(chunks) == 99
+        for message in sent[100:]:
+            pub.send(topic, message)
+        assert len(chunks) > 101  # the big one is not joined
+        pub.flush()
+        assert receive_all(sub, len(sent)) == sent
+        if mode is Q:
+            sub.ack()
+
+
+def test_publisher_notices_a_closed_channel_within_a_read_interval(topics: list[str]) -> None:
+    """Sends write without a poll cycle, but still read what the broker says."""
+    topic = topics[0]
+    pub = RabbitMQPublisher(**F)  # type: ignore[arg-type]
+    try:
+        pub.send(topic, b"declares the exchange")
+        with pika.BlockingConnection(pika.URLParameters(URL)) as admin:
+            admin.channel().exchange_delete(DEFAULT_PREFIX + topic)
+
+        # Publishing to a deleted exchange makes the broker close the channel.
+        def send_until_refused() -> None:
+            # The close arrives some sends later; bounded in count and time.
+            give_up = time.monotonic() + 10
+            for _ in range(100_000):
+                pub.send(topic, b"x")
+                if time.monotonic() > give_up:
+                    return
+
+        with pytest.raises(BrokerConnectionError, match="NOT_FOUND"):
+            send_until_refused()
+    finally:
+        with contextlib.suppress(BrokerConnectionError):
+            pub.close()
