@@ -134,18 +134,9 @@ end
 return false
 """
 
-# KEYS: one topic's list, then its processing list; ARGV: how many at most.
-# Moves up to that many messages; returns {length left, message, ...}.
-_TAKE = """
-local out = {0}
-for i = 1, tonumber(ARGV[1]) do
-  local message = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-  if not message then break end
-  out[i + 1] = message
-end
-out[1] = redis.call('LLEN', KEYS[1])
-return out
-"""
+# Read-ahead stops at messages this large: their transfer dwarfs a round
+# trip, and moved ones would only sit in memory.
+_LARGE = 64 * 1024
 
 # KEYS as above. Moves every processing list back to the head (right end)
 # of its topic's list, oldest message rightmost, so it is popped first.
@@ -223,8 +214,10 @@ class _Lists:
     synced: bool = False
     # Redis answered OOM to a move: poll with the allow-oom script.
     full: bool = False
-    # Read-ahead: messages the topic's list held after the last move.
+    # Read-ahead: messages the topic's list held after the last move, and
+    # whether the last ones moved were large.
     waiting: int = 0
+    large: bool = False
     # Topic index of the message handed last (the one close() gives back).
     last: int | None = None
 
@@ -348,11 +341,17 @@ class _Lists:
         return not self.reads_ahead()
 
     def read_ahead_commands(self, wait: float) -> list[Command]:
-        """Commands moving up to `prefetch` messages: at once if some are known to wait."""
+        """Commands moving up to `prefetch` messages, then reading the list's length.
+
+        Moves at once (LMOVE) as many as are known to wait, unless the last
+        messages were large; else blocks (BLMOVE) for one.
+        """
         topic, key = self.topics[0], self.keys[0]
-        if self.waiting:
-            return [("EVAL", _TAKE, 2, topic, key, min(self.waiting, self.prefetch))]
-        return [("BLMOVE", topic, key, "RIGHT", "LEFT", _block(wait)), ("LLEN", topic)]
+        length: Command = ("LLEN", topic)
+        if self.waiting and not self.large:
+            count = min(self.waiting, self.prefetch)
+            return [*[("LMOVE", topic, key, "RIGHT", "LEFT")] * count, length]
+        return [("BLMOVE", topic, key, "RIGHT", "LEFT", _block(wait)), length]
 
     def take_read_ahead(self, replies: list[Any]) -> Taken | None:
         """Take the replies of `read_ahead_commands`: the first message, the rest queued.
@@ -360,19 +359,13 @@ class _Lists:
         Raises:
             redis.ResponseError: If a reply is an error other than OOM.
         """
-        if len(replies) == 1:
-            if isinstance(replies[0], redis.ResponseError):
-                return self.take_move(replies[0])
-            self.waiting = int(replies[0][0])
-            moved = replies[0][1:]
-        else:
-            first = self.take_move(replies[0])
-            if isinstance(replies[1], redis.ResponseError):
-                raise replies[1]
-            self.waiting = int(replies[1])
-            moved = [] if first is None else [first[1]]
-        self.backlog.extend((0, message) for message in moved[1:])
-        return (0, moved[0]) if moved else None
+        moved = [taken for reply in replies[:-1] if (taken := self.take_move(reply))]
+        if isinstance(replies[-1], redis.ResponseError):
+            raise replies[-1]
+        self.waiting = int(replies[-1])
+        self.large = any(len(message) >= _LARGE for _, message in moved)
+        self.backlog.extend(moved[1:])
+        return moved[0] if moved else None
 
     def closing_trims(self) -> tuple[list[Command], list[int]]:
         """Trims acknowledging every handed message except the last one, for close()."""
