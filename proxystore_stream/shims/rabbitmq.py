@@ -499,14 +499,21 @@ _JOIN_BYTES = 64 * 1024
 _READ_EVERY = 64
 
 
-def _tune_writes(connection: Any, *, direct: bool = True) -> None:
+def _tune_writes(
+    connection: Any,
+    *,
+    direct: bool = True,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> None:
     """Join small frames and write them at once on a pika (non-blocking) connection.
 
     With ``direct=False`` only the joining is done: the sync subscriber keeps
     pika's poll cycle per ack, which is how it notices a lost connection
-    before it hands over messages buffered from it. Skipped (pika's own
-    writes stay) if the private names it relies on are missing from this
-    pika version.
+    before it hands over messages buffered from it. With `loop` (an
+    `AsyncioConnection`), what is written during one turn of the loop is
+    joined and sent once, when the loop next runs its ready callbacks. Skipped
+    (pika's own writes stay) if the private names it relies on are missing
+    from this pika version.
     """
     transport: Any = getattr(connection, "_transport", None)
     output = getattr(connection, "_output_marshaled_frames", None)
@@ -550,7 +557,29 @@ def _tune_writes(connection: Any, *, direct: bool = True) -> None:
             data = data[sent:]
         write(data)
 
-    transport.write = direct_write
+    if loop is None:
+        transport.write = direct_write
+        return
+    # Held while nothing waits in pika's buffer (so order is kept: a write
+    # goes here or to pika, never both at once).
+    corked: list[bytes] = []
+
+    def uncork() -> None:
+        data = b"".join(corked)
+        corked.clear()
+        if data:
+            direct_write(data)
+
+    def corked_write(data: bytes) -> None:
+        if corked:
+            corked.append(data)
+        elif pending or transport._state != active:
+            write(data)
+        else:
+            corked.append(data)
+            loop.call_soon(uncork)
+
+    transport.write = corked_write
 
 
 def _close_quietly(connection: Any) -> None:
@@ -1214,7 +1243,7 @@ class _AsyncLink:
         try:
             await opened
             _tune_reads(connection)
-            _tune_writes(connection)
+            _tune_writes(connection, loop=loop)
             link.channel = await link.call(
                 lambda callback: connection.channel(on_open_callback=callback),
             )

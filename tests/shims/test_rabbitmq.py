@@ -650,3 +650,28 @@ def test_publisher_notices_a_closed_channel_within_a_read_interval(topics: list[
     finally:
         with contextlib.suppress(BrokerConnectionError):
             pub.close()
+
+
+@pytest.mark.parametrize("mode", [F, Q], ids=["fanout", "queue"])
+def test_async_publisher_joined_writes_keep_order(
+    mode: dict[str, object],
+    topics: list[str],
+) -> None:
+    """Writes of one loop turn leave as one chunk; large ones go through pika; order holds."""
+    topic = topics[0]
+    big = bytes(range(256)) * 512  # 128 KiB: several frames, past pika's buffer
+    sent = [big + b"%d" % i if i % 7 == 0 else b"%d" % i for i in range(300)]
+
+    async def main() -> list[bytes]:
+        async with (
+            AsyncRabbitMQSubscriber(topic, **mode) as sub,  # type: ignore[arg-type]
+            AsyncRabbitMQPublisher(**mode) as pub,  # type: ignore[arg-type]
+        ):
+            for message in sent:
+                await pub.send(topic, message)
+            await pub.flush()
+            got = [await sub.receive(10) for _ in sent]
+            await sub.ack()
+            return got
+
+    assert asyncio.run(main()) == sent
