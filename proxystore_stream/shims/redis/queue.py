@@ -103,6 +103,8 @@ from proxystore_stream.shims.redis._common import url_arguments
 from proxystore_stream.shims.redis._common import wrong_type
 from proxystore_stream.shims.redis._publish import AsyncCommandPublisher
 from proxystore_stream.shims.redis._publish import CommandPublisher
+from proxystore_stream.shims.redis._publish import replaying
+from proxystore_stream.shims.redis._publish import replaying_async
 
 __all__ = [
     "AsyncRedisQueuePublisher",
@@ -489,9 +491,15 @@ class RedisQueueSubscriber(ClosingContext):
         return self._lists.consumer
 
     def _call(self, operation: Callable[[], T]) -> T:
+        # The first attempt runs bare; a failure enters the policy as its
+        # first attempt (see _publish.replaying).
+        try:
+            return operation()
+        except Exception as exc:
+            failure = exc
         with map_errors(ERRORS, broker=self._broker), wrong_type(self._lists.topics, "list"):
             return self._retry.call(
-                operation,
+                replaying(failure, operation),
                 retry_on=CONNECTION_ERRORS,
                 broker=self._broker,
                 on_retry=partial(stop_if_fatal, broker=self._broker),
@@ -724,9 +732,13 @@ class AsyncRedisQueueSubscriber(AsyncOpeningContext):
         return self._lists.consumer
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await operation()
+        except Exception as exc:
+            failure = exc
         with map_errors(ERRORS, broker=self._broker), wrong_type(self._lists.topics, "list"):
             return await self._retry.call_async(
-                operation,
+                replaying_async(failure, operation),
                 retry_on=CONNECTION_ERRORS,
                 broker=self._broker,
                 on_retry=partial(stop_if_fatal_async, broker=self._broker),

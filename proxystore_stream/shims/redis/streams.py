@@ -104,6 +104,8 @@ from proxystore_stream.shims.redis._common import topic_list
 from proxystore_stream.shims.redis._common import url_arguments
 from proxystore_stream.shims.redis._publish import AsyncCommandPublisher
 from proxystore_stream.shims.redis._publish import CommandPublisher
+from proxystore_stream.shims.redis._publish import replaying
+from proxystore_stream.shims.redis._publish import replaying_async
 
 __all__ = [
     "AsyncRedisStreamPublisher",
@@ -538,9 +540,15 @@ class RedisStreamSubscriber(ClosingContext):
         return self._consumer
 
     def _call(self, operation: Callable[[], T]) -> T:
+        # The first attempt runs bare; a failure enters the policy as its
+        # first attempt (see _publish.replaying).
+        try:
+            return operation()
+        except Exception as exc:
+            failure = exc
         with map_errors(ERRORS, broker=self._broker):
             return self._retry.call(
-                operation,
+                replaying(failure, operation),
                 retry_on=CONNECTION_ERRORS,
                 broker=self._broker,
                 on_retry=self._reconnected,
@@ -813,9 +821,13 @@ class AsyncRedisStreamSubscriber(AsyncOpeningContext):
         self._opened = True
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await operation()
+        except Exception as exc:
+            failure = exc
         with map_errors(ERRORS, broker=self._broker):
             return await self._retry.call_async(
-                operation,
+                replaying_async(failure, operation),
                 retry_on=CONNECTION_ERRORS,
                 broker=self._broker,
                 on_retry=self._reconnected,
