@@ -1164,3 +1164,29 @@ def test_async_pubsub_receive_cut_off_mid_message_loses_nothing(raw: Any) -> Non
         return got
 
     assert asyncio.run(main()) == sent
+
+
+def test_async_pubsub_keeps_up_with_a_publisher_on_the_same_loop(raw: Any) -> None:
+    # 128 MiB through the default 32 MiB pub/sub output buffer limit: the
+    # subscriber must take in a whole message per event-loop wake-up.
+    channel = name()
+    count = 128
+    message = bytes(range(256)) * (MiB // 256)
+
+    async def main() -> int:
+        async with (
+            AsyncRedisPublisher(HOST, PORT) as pub,
+            AsyncRedisSubscriber(HOST, PORT, channel) as sub,
+        ):
+
+            async def produce() -> None:
+                for _ in range(count):
+                    await pub.send(channel, message)
+
+            async def consume() -> int:
+                return sum([await sub.receive(30) == message for _ in range(count)])
+
+            _, same = await asyncio.gather(produce(), consume())
+            return same
+
+    assert asyncio.run(main()) == count

@@ -103,6 +103,8 @@ _CONFIRM = frozenset({"subscribe", "psubscribe", b"subscribe", b"psubscribe"})
 # bytes; the rest stays in the socket (and in Redis's output buffer).
 _DRAIN_COUNT = 256
 _DRAIN_BYTES = 1 << 20
+# Bytes the async subscriber's socket reader may hold (see _widen).
+_READ_AHEAD = 4 << 20
 
 
 def _split(topics: list[str], pattern: bool | None) -> tuple[list[str], list[str]]:
@@ -158,6 +160,25 @@ def _take_reply(reply: Any, buffer: deque[bytes]) -> int:
         return 0
     buffer.append(data)
     return len(data) + 1
+
+
+def _widen(connection: Any) -> None:
+    """Let one event-loop wake-up take in a whole large message.
+
+    asyncio reads at most 256 KiB per wake-up and pauses reading once its
+    stream holds 128 KiB, so a 1 MiB message took several wake-ups, while a
+    publisher on the same loop sent one per wake-up: the subscriber fell
+    behind until Redis dropped it (client-output-buffer-limit). Where the
+    attributes exist (asyncio's selector transport and StreamReader), raise
+    both, so up to `_READ_AHEAD` bytes wait here instead of in Redis.
+    """
+    reader = getattr(connection, "_reader", None)
+    writer = getattr(connection, "_writer", None)
+    transport = getattr(writer, "transport", None)
+    if reader is not None and isinstance(getattr(reader, "_limit", None), int):
+        reader._limit = _READ_AHEAD // 2
+    if transport is not None and isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = _READ_AHEAD
 
 
 def _subscribe_timeout(kwargs: dict[str, Any]) -> float:
@@ -504,6 +525,7 @@ class AsyncRedisSubscriber(AsyncOpeningContext):
             message = await self._pubsub.get_message(timeout=remaining)
             expected -= _take(message, self._buffer)
         assert self._pubsub.connection is not None
+        _widen(self._pubsub.connection)
         self._pubsub.connection.register_connect_callback(self._on_reconnect)
 
     def _on_reconnect(self, connection: Any) -> None:
