@@ -34,9 +34,10 @@ def _module(mode: str) -> Any:
 class RedisFactory:
     """Builds one mode's endpoints; deletes the keys its topics made."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, **subscriber_kwargs: Any) -> None:
         require_broker("Redis", HOST, PORT)
         self.mode = mode
+        self.extra = subscriber_kwargs
         self.shim = _module(mode)
         self.group = f"pss-test-group-{uuid.uuid4().hex[:8]}"
         self.topics: set[str] = set()
@@ -47,7 +48,8 @@ class RedisFactory:
         return name, f"{name}Publisher", f"{name}Subscriber"
 
     def _subscriber_kwargs(self) -> dict[str, Any]:
-        return {"group": self.group} if self.mode == "streams" else {}
+        made = {"group": self.group} if self.mode == "streams" else {}
+        return {**made, **self.extra}
 
     def publisher(self) -> Any:
         _, pub, _ = self._names()
@@ -130,6 +132,14 @@ CASES = [
     ShimCase(
         name="redis-queue",
         make=lambda: RedisFactory("queue"),
+        fanout=False,
+        persistent=True,
+        unreachable_publisher=_unreachable("queue", "publisher"),
+        unreachable_subscriber=_unreachable("queue", "subscriber"),
+    ),
+    ShimCase(
+        name="redis-queue-prefetch",
+        make=lambda: RedisFactory("queue", prefetch=16),
         fanout=False,
         persistent=True,
         unreachable_publisher=_unreachable("queue", "publisher"),

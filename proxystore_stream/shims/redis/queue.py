@@ -34,6 +34,11 @@ therefore always either in the topic's list or in one processing list:
   policy and re-reads its processing list before anything else: the
   message handed last is delivered again unless its acknowledgement had
   reached Redis.
+- With ``prefetch=n`` (one topic), a round trip moves up to n waiting
+  messages at once and `receive` hands them out one by one; their
+  acknowledgements ride on the next round trip, so a crash or a lost
+  connection redelivers those handed since then (at most n). `close()`
+  still acknowledges all but the last one handed.
 
 Only one live subscriber may use a given `consumer` name. A subscriber of
 several topics moves from the first non-empty one in the order given
