@@ -125,6 +125,8 @@ _CLOSE_WAIT = 10.0
 _DEFAULT_TIMEOUT_MS = 5000
 # Publishers block in send() while this many bytes are unacknowledged.
 MAX_PENDING_BYTES = 64 * 1024 * 1024
+# Producer batch size set by from_bootstrap (see _producer_defaults).
+_BATCH_BYTES = 1024 * 1024
 # Waits for the broker check the retry deadline this often.
 _WAIT_SLICE = 0.5
 # A wait for acknowledgements logs a warning once it lasted this long.
@@ -512,6 +514,12 @@ def _producer_defaults(kwargs: dict[str, Any], policy: RetryPolicy) -> None:
     kwargs.setdefault("bootstrap_timeout_ms", _DEFAULT_TIMEOUT_MS)
     kwargs.setdefault("max_block_ms", max(100, min(_DEFAULT_TIMEOUT_MS, _ms(policy.deadline))))
     kwargs.setdefault("acks", "all")
+    # kafka-python spends about as much per batch as per record: with its
+    # 16 KiB default, 10 KiB records go one per batch (770 msg/s sent here,
+    # 640 us CPU each); 1 MiB batches sent 7,400 msg/s (62 us). A batch
+    # holds what arrived while the previous request was out (linger stays
+    # 0), so small bursts still leave at once.
+    kwargs.setdefault("batch_size", _BATCH_BYTES)
     # Records wait in the client while the broker is away; they must not
     # expire before the shim's own deadline has raised.
     kwargs.setdefault("delivery_timeout_ms", max(120_000, _ms(policy.deadline) + 30_000))
@@ -879,6 +887,8 @@ class AsyncKafkaPublisher(AsyncClosingContext):
         kwargs.setdefault("request_timeout_ms", max(_DEFAULT_TIMEOUT_MS, _ms(policy.deadline)))
         kwargs.setdefault("retry_backoff_ms", max(1, _ms(policy.initial)))
         kwargs.setdefault("acks", "all")
+        # As for kafka-python (see _producer_defaults).
+        kwargs.setdefault("max_batch_size", _BATCH_BYTES)
         client = aiokafka.AIOKafkaProducer(bootstrap_servers=servers, **kwargs)
         await _start(client, servers)
         admin = None

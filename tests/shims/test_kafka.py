@@ -385,6 +385,30 @@ def test_from_bootstrap_derives_client_settings_from_the_policy(servers: str) ->
         pub.close()
 
 
+def test_from_bootstrap_batches_up_to_1_mib(servers: str) -> None:
+    """Larger batches than the clients' 16 KiB default; callers win; linger stays 0."""
+    pub = KafkaPublisher.from_bootstrap(servers)
+    try:
+        assert pub._client.config["batch_size"] == 1024 * 1024
+        assert pub._client.config["linger_ms"] == 0
+    finally:
+        pub.close()
+    pub = KafkaPublisher.from_bootstrap(servers, batch_size=4096)
+    try:
+        assert pub._client.config["batch_size"] == 4096
+    finally:
+        pub.close()
+
+    async def main() -> None:
+        async_pub = await AsyncKafkaPublisher.from_bootstrap(servers)
+        try:
+            assert async_pub._client._message_accumulator._batch_size == 1024 * 1024
+        finally:
+            await async_pub.close()
+
+    asyncio.run(main())
+
+
 def test_unacknowledged_bytes_are_bounded_while_the_broker_is_away() -> None:
     broker = TansuBroker()
     broker.start()
