@@ -494,6 +494,8 @@ def _tune_reads(connection: Any) -> None:
 # socket does not take goes to pika's buffer and writer as before, so order
 # and back-pressure are pika's.
 _JOIN_BYTES = 64 * 1024
+# Chunks per sendmsg() from the async twins (Linux takes at most 1024).
+_GATHER_MAX = 512
 # A sync publisher reads what the broker sent (confirms, heartbeats, a channel
 # close) once per this many sends, and in flush() and while waiting for room.
 _READ_EVERY = 64
@@ -565,10 +567,23 @@ def _tune_writes(
     corked: list[bytes] = []
 
     def uncork() -> None:
-        data = b"".join(corked)
+        chunks = corked[:]
         corked.clear()
-        if data:
-            direct_write(data)
+        sent = 0
+        if not pending and transport._state == active:
+            # Gathered, not joined: a 1 MiB message is not copied again.
+            try:
+                sent = sock.sendmsg(chunks[:_GATHER_MAX])
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # pika's writer meets the error again and closes
+        for chunk in chunks:
+            if sent >= len(chunk):
+                sent -= len(chunk)
+                continue
+            write(chunk[sent:] if sent else chunk)
+            sent = 0
 
     def corked_write(data: bytes) -> None:
         if corked:
