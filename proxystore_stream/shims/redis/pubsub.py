@@ -103,8 +103,11 @@ _CONFIRM = frozenset({"subscribe", "psubscribe", b"subscribe", b"psubscribe"})
 # bytes; the rest stays in the socket (and in Redis's output buffer).
 _DRAIN_COUNT = 256
 _DRAIN_BYTES = 1 << 20
-# Bytes the async subscriber's socket reader may hold (see _widen).
+# Bytes the async subscriber's socket reader may hold (see _widen), once a
+# message larger than _LARGE arrived: asyncio's recv allocates its whole
+# read size each time, which costs small messages more than it saves.
 _READ_AHEAD = 4 << 20
+_LARGE = 64 * 1024
 
 
 def _split(topics: list[str], pattern: bool | None) -> tuple[list[str], list[str]]:
@@ -463,6 +466,7 @@ class AsyncRedisSubscriber(AsyncOpeningContext):
         self._closed = False
         self._opened = False
         self._lost = False
+        self._widened = False
         self._client = redis.asyncio.Redis(**options)
         self._pubsub = self._client.pubsub()
         self._reading = asyncio.Lock()
@@ -525,7 +529,7 @@ class AsyncRedisSubscriber(AsyncOpeningContext):
             message = await self._pubsub.get_message(timeout=remaining)
             expected -= _take(message, self._buffer)
         assert self._pubsub.connection is not None
-        _widen(self._pubsub.connection)
+        self._widened = False
         self._pubsub.connection.register_connect_callback(self._on_reconnect)
 
     def _on_reconnect(self, connection: Any) -> None:
@@ -579,7 +583,11 @@ class AsyncRedisSubscriber(AsyncOpeningContext):
             push_request=True,
         )
         while True:
-            size += _take_reply(reply, buffer)
+            taken = _take_reply(reply, buffer)
+            if taken > _LARGE and not self._widened:
+                self._widened = True
+                _widen(connection)
+            size += taken
             count += 1
             if count >= _DRAIN_COUNT or size >= _DRAIN_BYTES or not await connection.can_read():
                 return
