@@ -27,6 +27,7 @@ TARGETS: dict[str, str] = {
     "local": "proxystore_stream.cli.targets.inprocess",
     "redis": "proxystore_stream.cli.targets.redis",
     "redis-queue": "proxystore_stream.cli.targets.redis",
+    "redis-queue-prefetch": "proxystore_stream.cli.targets.redis",
     "redis-stream": "proxystore_stream.cli.targets.redis",
     "zmq": "proxystore_stream.cli.targets.zmq",
     "kafka": "proxystore_stream.cli.targets.kafka",

@@ -3,7 +3,8 @@
 | name | ours | bare redis-py |
 | --- | --- | --- |
 | ``redis`` | `RedisPublisher` / `RedisSubscriber` | PUBLISH + ``pubsub().get_message`` loop |
-| ``redis-queue`` | `RedisQueuePublisher` / `RedisQueueSubscriber` (prefetch 16) | LPUSH + BRPOP |
+| ``redis-queue`` | `RedisQueuePublisher` / `RedisQueueSubscriber` (default) | LPUSH + BRPOP |
+| ``redis-queue-prefetch`` | the same with ``prefetch=16`` (opt-in read-ahead) | LPUSH + BRPOP |
 | ``redis-stream`` | `RedisStreamPublisher` / `RedisStreamSubscriber` | XADD + XREADGROUP/XACK |
 
 The broker is taken from ``PSS_REDIS_URL`` (default
@@ -13,9 +14,10 @@ default RESP3 is several times slower for large pub/sub messages). Streams
 made by a run are deleted when its subscriber closes (1 MiB runs leave
 hundreds of MB each otherwise).
 
-Our list-queue subscriber reads ahead like the Streams one (``prefetch=16``,
-the Streams default): it still moves every message into its processing list
-before handing it over (at least once), which BRPOP (at most once) does not.
+``redis-queue-prefetch`` measures the list queue reading ahead like the
+Streams subscriber does by default (``prefetch=16``): it still moves every
+message into its processing list before handing it over (at least once),
+which BRPOP (at most once) does not.
 
 Run ``python -m proxystore_stream.cli.targets.redis`` for a smoke check and
 a side-by-side timing of our shims against bare redis-py.
@@ -56,10 +58,11 @@ from proxystore_stream.shims.redis.streams import FIELD
 
 __all__ = ["BARE_LABELS", "open_async_endpoints", "open_bare", "open_endpoints"]
 
-NAMES = ("redis", "redis-queue", "redis-stream")
+NAMES = ("redis", "redis-queue", "redis-queue-prefetch", "redis-stream")
 BARE_LABELS = {
     "redis": "bare redis-py pub/sub",
     "redis-queue": "bare redis-py LPUSH/BRPOP",
+    "redis-queue-prefetch": "bare redis-py LPUSH/BRPOP",
     "redis-stream": "bare redis-py XADD/XREADGROUP",
 }
 """How the bench table names each bare client."""
@@ -74,6 +77,11 @@ def _url() -> str:
 def _check(name: str) -> None:
     if name not in NAMES:
         raise ValueError(f"name must be one of {list(NAMES)}, not {name!r}")
+
+
+def _prefetch(name: str) -> int:
+    """The list-queue subscriber's read-ahead for bench target `name`."""
+    return DEFAULT_PREFETCH if name == "redis-queue-prefetch" else 1
 
 
 def _group() -> str:
@@ -109,7 +117,7 @@ def open_endpoints(name: str, topic: str) -> tuple[Any, Any]:
     """Return our publisher and a subscriber ready to receive `topic`.
 
     Args:
-        name: ``"redis"``, ``"redis-queue"`` or ``"redis-stream"``.
+        name: ``"redis"``, ``"redis-queue"``, ``"redis-queue-prefetch"`` or ``"redis-stream"``.
         topic: Topic to send and receive on.
 
     Raises:
@@ -121,7 +129,7 @@ def open_endpoints(name: str, topic: str) -> tuple[Any, Any]:
     publisher: Any
     if name == "redis":
         publisher = RedisPublisher.from_url(url)
-    elif name == "redis-queue":
+    elif name.startswith("redis-queue"):
         publisher = RedisQueuePublisher.from_url(url)
     else:
         publisher = RedisStreamPublisher.from_url(url)
@@ -129,8 +137,8 @@ def open_endpoints(name: str, topic: str) -> tuple[Any, Any]:
         subscriber: Any
         if name == "redis":
             subscriber = RedisSubscriber.from_url(url, topic)
-        elif name == "redis-queue":
-            subscriber = RedisQueueSubscriber.from_url(url, topic, prefetch=DEFAULT_PREFETCH)
+        elif name.startswith("redis-queue"):
+            subscriber = RedisQueueSubscriber.from_url(url, topic, prefetch=_prefetch(name))
         else:
             subscriber = _BenchStreamSubscriber.from_url(url, topic, group=_group())
     except BaseException:
@@ -143,7 +151,7 @@ async def open_async_endpoints(name: str, topic: str) -> tuple[Any, Any]:
     """Return the async twins of `open_endpoints`, subscribed and ready.
 
     Args:
-        name: ``"redis"``, ``"redis-queue"`` or ``"redis-stream"``.
+        name: ``"redis"``, ``"redis-queue"``, ``"redis-queue-prefetch"`` or ``"redis-stream"``.
         topic: Topic to send and receive on.
 
     Raises:
@@ -157,9 +165,9 @@ async def open_async_endpoints(name: str, topic: str) -> tuple[Any, Any]:
     if name == "redis":
         publisher = AsyncRedisPublisher.from_url(url)
         subscriber = AsyncRedisSubscriber.from_url(url, topic)
-    elif name == "redis-queue":
+    elif name.startswith("redis-queue"):
         publisher = AsyncRedisQueuePublisher.from_url(url)
-        subscriber = AsyncRedisQueueSubscriber.from_url(url, topic, prefetch=DEFAULT_PREFETCH)
+        subscriber = AsyncRedisQueueSubscriber.from_url(url, topic, prefetch=_prefetch(name))
     else:
         publisher = AsyncRedisStreamPublisher.from_url(url)
         subscriber = _AsyncBenchStreamSubscriber.from_url(url, topic, group=_group())
@@ -275,7 +283,7 @@ def open_bare(name: str, topic: str) -> BareClient:
     """Return bare redis-py sending and receiving `topic`, ready to receive.
 
     Args:
-        name: ``"redis"``, ``"redis-queue"`` or ``"redis-stream"``.
+        name: ``"redis"``, ``"redis-queue"``, ``"redis-queue-prefetch"`` or ``"redis-stream"``.
         topic: Topic to send and receive on.
 
     Raises:
@@ -284,7 +292,7 @@ def open_bare(name: str, topic: str) -> BareClient:
     _check(name)
     if name == "redis":
         return _BarePubSub(topic)
-    if name == "redis-queue":
+    if name.startswith("redis-queue"):
         return _BareList(topic)
     return _BareStream(topic)
 
