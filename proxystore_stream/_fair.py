@@ -23,22 +23,35 @@ YIELD_MESSAGES = 64
 class FairShare:
     """Counts sends that did not suspend and says when a share is used up.
 
-    Use: ``if fair.due(len(message)): await asyncio.sleep(0)``. (A plain
-    method, not a coroutine: most calls must not even make a coroutine.)
+    Ask before each send, and yield first when told::
+
+        if fair.due(len(message)):
+            await asyncio.sleep(0)
+        ...send without suspending...
+
+    Yielding before the send (not after) keeps cancellation honest: a send
+    cancelled while it yields has sent nothing. `due` is a plain method, not
+    a coroutine, so the sends that need not yield do not even make one.
+
+    Args:
+        messages: Yield after this many sends at most.
+        nbytes: ... or after this many bytes, whichever comes first.
     """
 
-    __slots__ = ("_bytes", "_messages")
+    __slots__ = ("_bytes", "_max_bytes", "_max_messages", "_messages")
 
-    def __init__(self) -> None:
+    def __init__(self, *, messages: int = YIELD_MESSAGES, nbytes: int = YIELD_BYTES) -> None:
+        self._max_messages = messages
+        self._max_bytes = nbytes
         self._bytes = 0
         self._messages = 0
 
     def due(self, size: int) -> bool:
-        """Note a send of `size` bytes; True when the sender should yield now."""
-        self._bytes += size
-        self._messages += 1
-        if self._bytes < YIELD_BYTES and self._messages < YIELD_MESSAGES:
+        """Note a coming send of `size` bytes; True when the sender should yield first."""
+        if self._bytes < self._max_bytes and self._messages < self._max_messages:
+            self._bytes += size
+            self._messages += 1
             return False
-        self._bytes = 0
-        self._messages = 0
+        self._bytes = size
+        self._messages = 1
         return True

@@ -525,13 +525,15 @@ class AsyncLocalPublisher(AsyncClosingContext):
             raise PublisherClosedError("AsyncLocalPublisher is closed")
         if type(message) is not bytes or type(topic) is not str:
             message = _check_send(topic, message)
+        if self._fair.due(len(message)):
+            await asyncio.sleep(0)
+            if self._closed:
+                raise PublisherClosedError("AsyncLocalPublisher is closed")
         subscribers = self._broker._topics.get(topic)
         if not subscribers:
             return
         full = _offer_all(subscribers, message)
         if not full:
-            if self._fair.due(len(message)):
-                await asyncio.sleep(0)
             return
         deadline = _deadline(self._timeout)
         missed = 0

@@ -309,13 +309,15 @@ class AsyncQueuePublisher:
             raise PublisherClosedError("AsyncQueuePublisher is closed")
         if type(message) is not bytes or type(topic) is not str:
             message = _check_send(topic, message)
-        try:
-            _queue_for(self._queues, topic).put_nowait(message)
-        except queue_module.Full:
-            await asyncio.to_thread(self._sync.send, topic, message)
-            return
+        queue = _queue_for(self._queues, topic)
         if self._fair.due(len(message)):
             await asyncio.sleep(0)
+            if self._sync._closed:
+                raise PublisherClosedError("AsyncQueuePublisher is closed")
+        try:
+            queue.put_nowait(message)
+        except queue_module.Full:
+            await asyncio.to_thread(self._sync.send, topic, message)
 
     async def close(self) -> None:
         """Close this publisher (idempotent)."""

@@ -75,6 +75,7 @@ from typing import Self
 
 from proxystore_stream._context import AsyncClosingContext
 from proxystore_stream._context import ClosingContext
+from proxystore_stream._fair import FairShare
 from proxystore_stream._offload import SLICE_SECONDS
 from proxystore_stream.exceptions import BrokerConnectionError
 from proxystore_stream.exceptions import MalformedMessageError
@@ -124,9 +125,9 @@ _MAX_CACHED_TOPICS = 4096
 _DRAIN_EVERY = 1024
 _forwarder_ids = itertools.count()
 # A send on an XPUB socket never suspends, so an async publisher would hold
-# the event loop for a whole burst; it yields once after this many bytes or
-# messages (before the next send, so a cancelled yield has sent nothing).
-_YIELD_BYTES = 1 << 20
+# the event loop for a whole burst; it yields once per 1 MiB or this many
+# messages (FairShare: before the next send, so a cancelled yield has sent
+# nothing). More messages than the in-process shims' 64: measured faster here.
 _YIELD_MESSAGES = 1024
 # Plain ints: combining pyzmq's flag enums costs more than the send itself.
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -639,8 +640,7 @@ class AsyncZeroMQPublisher(AsyncClosingContext):
         self._sent = 0
         self._waiting = 0
         self._room = asyncio.Lock()
-        self._unyielded_bytes = 0
-        self._unyielded_messages = 0
+        self._fair = FairShare(messages=_YIELD_MESSAGES)
         self._closed = False
 
     async def send(self, topic: str, message: bytes) -> None:
@@ -652,13 +652,10 @@ class AsyncZeroMQPublisher(AsyncClosingContext):
         frame = self._frames[topic] if type(topic) is str else self._frames(topic)
         if self._closed:
             raise PublisherClosedError("AsyncZeroMQPublisher is closed")
-        if self._unyielded_bytes >= _YIELD_BYTES or self._unyielded_messages >= _YIELD_MESSAGES:
-            self._unyielded_bytes = self._unyielded_messages = 0
+        if self._fair.due(len(message)):
             await asyncio.sleep(0)
             if self._closed:
                 raise PublisherClosedError("AsyncZeroMQPublisher is closed")
-        self._unyielded_bytes += len(message)
-        self._unyielded_messages += 1
         copy = type(message) is not bytes
         try:
             if not self._waiting:
