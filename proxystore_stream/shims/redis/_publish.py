@@ -2,8 +2,11 @@
 
 The pub/sub, list-queue and Streams publishers differ only in that command
 (PUBLISH, LPUSH or XADD). Each publisher owns one connection (no pool) and
-sends one command per message, taking its reply before returning; a lock
-keeps the sync publisher safe to share between threads.
+sends one command per message. The sync publisher takes each reply before
+returning, under a lock that keeps it safe to share between threads. The
+async publisher pipelines: it returns once the command is written and reads
+replies later, in order, keeping at most a window of messages unacknowledged
+(see `AsyncCommandPublisher`).
 
 Strategy: the first attempt runs with no retry or error-mapping machinery
 around it (it costs a few microseconds per message). Only a failed
@@ -16,15 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import deque
 from collections.abc import Awaitable
 from collections.abc import Callable
 from functools import partial
 from typing import Any
+from typing import NoReturn
 from typing import Self
 from typing import TypeVar
 
 from proxystore_stream._context import AsyncClosingContext
 from proxystore_stream._context import ClosingContext
+from proxystore_stream.exceptions import BrokerConnectionError
 from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import require
 
@@ -64,6 +70,18 @@ T = TypeVar("T")
 # itself and a trailer: hiredis's pack_command copies the message into a new
 # buffer, which took longer than the write for 1 MiB messages here.
 _LARGE = 64 * 1024
+
+WINDOW = 64
+"""Messages an async publisher may have awaiting their reply at once."""
+
+WINDOW_BYTES = 8 * 1024 * 1024
+"""Bytes of messages an async publisher may have awaiting their reply at once."""
+
+# An async publisher yields to the event loop once per this many bytes sent
+# (a message counting at least _BURST_OVERHEAD): every 1 MiB message, every
+# 64 small ones.
+_BURST = 1024 * 1024
+_BURST_OVERHEAD = _BURST // WINDOW
 
 
 def pack(connection: Any, arguments: tuple[Any, ...]) -> Any:
@@ -197,6 +215,12 @@ class CommandPublisher(ClosingContext):
             connection.send_packed_command(pack(connection, arguments))
             connection.read_response()
 
+    def flush(self) -> None:
+        """Do nothing: each `send` returned once Redis acknowledged it.
+
+        Here for parity with `AsyncCommandPublisher.flush`, which waits.
+        """
+
     def close(self) -> None:
         """Close the connection (idempotent)."""
         self._closed = True
@@ -204,12 +228,42 @@ class CommandPublisher(ClosingContext):
         self._client.close()
 
 
-class AsyncCommandPublisher(AsyncClosingContext):
-    """Async twin of `CommandPublisher` (redis.asyncio).
+class _Message:
+    """One message of an `AsyncCommandPublisher`: its packed command, topic and size."""
 
-    Each send (write and reply) runs under one ``asyncio.timeout`` of the
-    client's ``socket_timeout``: the connection itself has none, which
-    spares redis.asyncio's per-write ``wait_for`` task.
+    __slots__ = ("accepted", "command", "size", "topic")
+
+    def __init__(self, topic: str, command: list[Any], size: int) -> None:
+        self.topic = topic
+        self.command = command
+        self.size = size
+        self.accepted = False
+        """Written (so kept until acknowledged); a retried send must not add it again."""
+
+
+class AsyncCommandPublisher(AsyncClosingContext):
+    """Async twin of `CommandPublisher` (redis.asyncio), pipelined.
+
+    `send` writes the command and returns without waiting for its reply
+    while fewer than `window` messages (and `window_bytes` bytes) await
+    one; at the window it reads replies, in order, until below it. It also
+    takes replies that already arrived, without waiting, before each write.
+    An error reply (OOM, WRONGTYPE, ...) is raised by the next `send`,
+    `flush` or `close`, naming the earlier message's topic; the message that
+    call passed is then not sent. `flush` and `close` wait for every reply.
+
+    Messages whose reply has not come are kept (so a mutable buffer is
+    copied) and written again, in order, once the connection was lost and
+    is back under the `retry` policy: delivery is at least once, as before.
+    A call that gives up (`BrokerConnectionError` past the deadline) drops
+    them and says how many.
+    A cancelled call never leaves half a command on the connection: a
+    command is handed whole to the transport, and a connection cut off
+    mid-read or mid-write is dropped and its messages written again.
+
+    Each call's waits run under one ``asyncio.timeout`` of the client's
+    ``socket_timeout``: the connection itself has none, which spares
+    redis.asyncio's per-write ``wait_for`` task.
     """
 
     key_type: str | None = "list"
@@ -217,6 +271,12 @@ class AsyncCommandPublisher(AsyncClosingContext):
 
     protocol = 2
     connection_errors = CONNECTION_ERRORS
+
+    window = WINDOW
+    """Messages that may await their reply at once."""
+
+    window_bytes = WINDOW_BYTES
+    """Bytes of messages that may await their reply at once (one larger message may)."""
 
     def __init__(
         self,
@@ -234,6 +294,14 @@ class AsyncCommandPublisher(AsyncClosingContext):
         self._connection = own_connection(self._client, socket_timeout=None)
         self._lock = asyncio.Lock()
         self._closed = False
+        self._unacked: deque[_Message] = deque()
+        self._unacked_bytes = 0
+        # The connection failed or was cut off: drop it, and write every
+        # unacknowledged message again before anything else.
+        self._stale = False
+        # First error reply not raised yet: (error, its topic, how many since).
+        self._failed: tuple[redis.ResponseError, str, int] | None = None
+        self._burst = 0
 
     @classmethod
     def from_url(cls, url: str, *, retry: RetryPolicy | None = None, **kwargs: Any) -> Self:
@@ -245,41 +313,239 @@ class AsyncCommandPublisher(AsyncClosingContext):
         raise NotImplementedError
 
     async def send(self, topic: str, message: bytes) -> None:
-        """Send a message to `topic` (see `CommandPublisher.send`)."""
+        """Send a message to `topic`; Redis acknowledges it later (see `flush`).
+
+        Raises:
+            TypeError: If `topic` is not a str or `message` not bytes.
+            ValueError: If an earlier message's topic names a Redis key of
+                another type (that message was not stored).
+            PublisherClosedError: If the publisher is closed.
+            BrokerConnectionError: If Redis stays unreachable past the
+                policy's deadline, or refuses the credentials.
+            BufferFullError: If Redis, at ``maxmemory``, refused an earlier
+                message (the message says which topic).
+        """
         check_topic(topic)
         check_message(message)
+        if type(message) is not bytes and not memoryview(message).readonly:
+            message = bytes(message)  # kept until acknowledged: the caller may reuse it
+        item = _Message(topic, pack(self._connection, self._arguments(topic, message)), 0)
+        item.size = len(message) if type(message) is bytes else memoryview(message).nbytes
         try:
-            await self._send_once(topic, message)
+            await self._send_once(item)
+        except Exception as exc:
+            await self._retry_async(partial(self._send_once, item), exc)
+        # A send whose replies had all arrived never waits: let the other
+        # tasks (often a subscriber on this loop) run now and then.
+        self._burst += item.size + _BURST_OVERHEAD
+        if self._burst >= _BURST:
+            self._burst = 0
+            await asyncio.sleep(0)
+
+    async def flush(self) -> None:
+        """Wait until Redis acknowledged every message sent before.
+
+        Raises:
+            ValueError, BufferFullError: As `send`, for an earlier message.
+            BrokerConnectionError: If Redis stays unreachable past the
+                policy's deadline; the messages not acknowledged are then
+                dropped (the message says how many).
+        """
+        try:
+            await self._flush_once()
             return
         except Exception as exc:
             failure = exc
-        with map_errors(ERRORS, broker=self._broker), wrong_type([topic], self.key_type):
-            await self._retry.call_async(
-                replaying_async(failure, partial(self._send_once, topic, message)),
-                retry_on=CONNECTION_ERRORS,
-                broker=self._broker,
-                on_retry=partial(stop_if_fatal_async, broker=self._broker),
-            )
+        await self._retry_async(self._flush_once, failure)
 
-    async def _send_once(self, topic: str, message: bytes) -> None:
-        arguments = self._arguments(topic, message)
+    async def close(self) -> None:
+        """Wait for every reply (as `flush`), then close the connection (idempotent).
+
+        Raises:
+            As `flush`; the connection is closed either way.
+        """
+        try:
+            if not self._closed:
+                await self.flush()
+        finally:
+            self._closed = True
+            await self._connection.disconnect()
+            await self._client.aclose()
+
+    async def _retry_async(
+        self,
+        operation: Callable[[], Awaitable[None]],
+        failure: Exception,
+    ) -> None:
+        """Run `operation` again under the retry policy (`failure`: its first attempt)."""
+        try:
+            with map_errors(ERRORS, broker=self._broker):
+                await self._retry.call_async(
+                    replaying_async(failure, operation),
+                    retry_on=CONNECTION_ERRORS,
+                    broker=self._broker,
+                    on_retry=partial(stop_if_fatal_async, broker=self._broker),
+                )
+        except BrokerConnectionError as exc:
+            await self._give_up(exc)
+            raise
+
+    async def _send_once(self, item: _Message) -> None:
         async with self._lock:
             if self._closed:
                 raise PublisherClosedError(f"{type(self).__name__} is closed")
-            connection = self._connection
             try:
                 async with asyncio.timeout(self._timeout):
-                    await connection.send_packed_command(pack(connection, arguments))
-                    await connection.read_response()
-            except TimeoutError as exc:
-                # Cut off mid-command: redis.asyncio already dropped the
-                # connection; report it the way a socket timeout is reported.
-                raise redis.exceptions.TimeoutError(
-                    f"No reply from Redis within {self._timeout} s",
-                ) from exc
+                    if self._stale:
+                        await self._resend()
+                    await self._take_arrived()
+                    if not item.accepted:
+                        await self._make_room(item.size)
+                        if self._failed is None:
+                            await self._write(item)
+            except BaseException as exc:
+                self._fail(exc)
+            self._raise_failed()
 
-    async def close(self) -> None:
-        """Close the connection (idempotent)."""
-        self._closed = True
-        await self._connection.disconnect()
-        await self._client.aclose()
+    async def _flush_once(self) -> None:
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    if self._stale:
+                        await self._resend()
+                    while self._unacked:
+                        await self._take_reply()
+            except BaseException as exc:
+                self._fail(exc)
+            self._raise_failed()
+
+    def _fail(self, exc: BaseException) -> NoReturn:
+        """Re-raise `exc` (a timeout as Redis's); an error leaves the connection unusable.
+
+        A cancellation does not: whatever it cut off marked the connection
+        stale itself (a read or a connect), and a write is cut off only
+        after the whole command was handed to the transport.
+        """
+        if not isinstance(exc, asyncio.CancelledError):
+            self._stale = True
+        if isinstance(exc, TimeoutError):
+            raise redis.exceptions.TimeoutError(
+                f"No reply from Redis within {self._timeout} s",
+            ) from exc
+        raise exc
+
+    async def _write(self, item: _Message) -> None:
+        # Connect first: a message is accepted (kept until acknowledged)
+        # only once there is a connection to write it on.
+        await self._connect()
+        self._unacked.append(item)
+        self._unacked_bytes += item.size
+        item.accepted = True
+        await self._write_now(item.command)
+
+    async def _connect(self) -> None:
+        connection = self._connection
+        if not connection.is_connected:
+            stale, self._stale = self._stale, True  # until the handshake is complete
+            await connection.connect()
+            _drain_fully(connection)
+            self._stale = stale
+
+    async def _write_now(self, command: list[Any]) -> None:
+        # redis.asyncio's send_packed_command drops the connection when
+        # cancelled while it drains; the command is whole in the transport
+        # by then (writelines does not wait), so keep it.
+        writer = self._connection._writer
+        writer.writelines(command)
+        try:
+            await writer.drain()
+        except OSError as exc:
+            raise redis.exceptions.ConnectionError(f"Error while writing to Redis: {exc}") from exc
+
+    async def _resend(self) -> None:
+        await self._connection.disconnect(nowait=True)
+        if self._unacked:
+            await self._connect()
+            await self._write_now([chunk for item in self._unacked for chunk in item.command])
+        self._stale = False
+
+    async def _give_up(self, exc: BrokerConnectionError) -> None:
+        """Drop the unacknowledged messages: `exc` (past the deadline) reports them."""
+        async with self._lock:
+            dropped = len(self._unacked)
+            self._unacked.clear()
+            self._unacked_bytes = 0
+            self._stale = True
+        if dropped:
+            exc.args = (f"{exc.args[0]}; {dropped} unacknowledged message(s) dropped",)
+
+    async def _take_arrived(self) -> None:
+        """Take the replies that already arrived, without waiting for more."""
+        connection = self._connection
+        while connection.is_connected and await connection.can_read():
+            await self._take_reply()
+
+    async def _make_room(self, size: int) -> None:
+        unacked = self._unacked
+        while unacked and (
+            len(unacked) >= self.window or self._unacked_bytes + size > self.window_bytes
+        ):
+            await self._take_reply()
+
+    async def _take_reply(self) -> None:
+        connection = self._connection
+        if not self._unacked:
+            # Data with nothing outstanding: the end of the connection (this
+            # raises ConnectionError) or bytes that are not ours to read.
+            await connection.read_response()
+            await connection.disconnect(nowait=True)
+            raise redis.exceptions.ConnectionError("Redis sent a reply nobody asked for")
+        self._stale = True  # a reply cut off mid-read spoils the connection
+        try:
+            await connection.read_response()
+        except redis.ResponseError as exc:
+            self._stale = False
+            item = self._acknowledged()
+            if self._failed is None:
+                self._failed = (exc, item.topic, 1)
+            else:
+                first, topic, count = self._failed
+                self._failed = (first, topic, count + 1)
+        else:
+            self._stale = False
+            self._acknowledged()
+
+    def _acknowledged(self) -> _Message:
+        item = self._unacked.popleft()
+        self._unacked_bytes -= item.size
+        return item
+
+    def _raise_failed(self) -> None:
+        """Raise the first error reply not raised yet, mapped, naming its topic."""
+        failed, self._failed = self._failed, None
+        if failed is None:
+            return
+        exc, topic, count = failed
+        note = f"the reply to an earlier message on topic {topic!r}"
+        if count > 1:
+            note += f"; {count} messages got an error reply and were not stored"
+        try:
+            with map_errors(ERRORS, broker=self._broker), wrong_type([topic], self.key_type):
+                raise exc
+        except Exception as mapped:
+            mapped.args = (
+                (f"{mapped.args[0]} ({note})", *mapped.args[1:]) if mapped.args else (note,)
+            )
+            raise
+
+
+def _drain_fully(connection: Any) -> None:
+    """Make a write wait until the transport handed every byte to the socket.
+
+    asyncio's default lets 64 KiB wait in the transport; a send returning
+    before its reply must not leave part of its command there, or a caller
+    that then blocks the event loop would hold it back.
+    """
+    transport = getattr(getattr(connection, "_writer", None), "transport", None)
+    if transport is not None:
+        transport.set_write_buffer_limits(high=0)
