@@ -30,6 +30,7 @@ from typing import TypeVar
 
 from proxystore_stream._context import AsyncClosingContext
 from proxystore_stream._context import ClosingContext
+from proxystore_stream._fair import FairShare
 from proxystore_stream.exceptions import BrokerConnectionError
 from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import require
@@ -76,12 +77,6 @@ WINDOW = 64
 
 WINDOW_BYTES = 8 * 1024 * 1024
 """Bytes of messages an async publisher may have awaiting their reply at once."""
-
-# An async publisher yields to the event loop once per this many bytes sent
-# (a message counting at least _BURST_OVERHEAD): every 1 MiB message, every
-# 64 small ones.
-_BURST = 1024 * 1024
-_BURST_OVERHEAD = _BURST // WINDOW
 
 
 def pack(connection: Any, arguments: tuple[Any, ...]) -> Any:
@@ -301,7 +296,7 @@ class AsyncCommandPublisher(AsyncClosingContext):
         self._stale = False
         # First error reply not raised yet: (error, its topic, how many since).
         self._failed: tuple[redis.ResponseError, str, int] | None = None
-        self._burst = 0
+        self._fair = FairShare()
 
     @classmethod
     def from_url(cls, url: str, *, retry: RetryPolicy | None = None, **kwargs: Any) -> Self:
@@ -331,16 +326,14 @@ class AsyncCommandPublisher(AsyncClosingContext):
             message = bytes(message)  # kept until acknowledged: the caller may reuse it
         item = _Message(topic, pack(self._connection, self._arguments(topic, message)), 0)
         item.size = len(message) if type(message) is bytes else memoryview(message).nbytes
+        # A send whose replies had all arrived never waits: give the other
+        # tasks (often a subscriber on this loop) a turn now and then.
+        if self._fair.due(item.size):
+            await asyncio.sleep(0)
         try:
             await self._send_once(item)
         except Exception as exc:
             await self._retry_async(partial(self._send_once, item), exc)
-        # A send whose replies had all arrived never waits: let the other
-        # tasks (often a subscriber on this loop) run now and then.
-        self._burst += item.size + _BURST_OVERHEAD
-        if self._burst >= _BURST:
-            self._burst = 0
-            await asyncio.sleep(0)
 
     async def flush(self) -> None:
         """Wait until Redis acknowledged every message sent before.
