@@ -75,6 +75,8 @@ class _Materializer:
         return loads
 
     def inline(self, step: InlineObject) -> Any:
+        if step.serializer == "raw":  # RAW.loads, inlined: raw bytes are the object
+            return step.data
         loads = self._loads.get(step.serializer) or self._loader(step.serializer, step.topic)
         try:
             return loads(step.data)

@@ -26,6 +26,7 @@ from proxystore_stream._core.envelope import EMPTY_METADATA
 from proxystore_stream._core.envelope import END
 from proxystore_stream._core.envelope import INLINE
 from proxystore_stream._core.envelope import KEY
+from proxystore_stream._core.envelope import encode_bytes_alone
 from proxystore_stream._core.envelope import encode_single_inline
 from proxystore_stream._core.envelope import encode_wire
 from proxystore_stream._core.envelope import frames_size
@@ -221,6 +222,8 @@ class ProducerState(Generic[T]):
         self._raw_tail = (
             single_inline_tail(RAW.name) if serializer_for(serializer, b"") is RAW else None
         )
+        # bytes with no metadata, filter or signature: encode_bytes_alone().
+        self._bytes_alone = self._raw_tail is not None and filter_ is None and signing_key is None
         self.direct_topics: set[str] = set()
         """Open topics whose objects each go out at once, inline, alone
         (batch size 1, no aggregator, no store): `encode_direct` serves them."""
@@ -275,6 +278,11 @@ class ProducerState(Generic[T]):
         Raises:
             TypeError: If metadata is not a plain-data dict with str keys.
         """
+        if metadata is None and self._bytes_alone and type(obj) is bytes:
+            state = self._topics[topic]
+            seq = state.seq
+            state.seq = seq + 1
+            return encode_bytes_alone(state.head, seq, self._raw_tail, obj)  # type: ignore[arg-type]
         if metadata is None:
             packed = EMPTY_METADATA
             metadata = {}
