@@ -77,6 +77,21 @@ def _pack_uint(n: int) -> bytes:
     return b"\xcf" + n.to_bytes(8, "big")
 
 
+def _bin_header(size: int) -> bytes:
+    """Msgpack's header of a binary of `size` bytes (the smallest form, as msgpack's own).
+
+    Raises:
+        ValueError: If `size` is 4 GiB or more (msgpack's limit).
+    """
+    if size < 0x100:
+        return _BIN8(0xC4, size)
+    if size < 0x10000:
+        return _BIN16(0xC5, size)
+    if size < 0x100000000:
+        return _BIN32(0xC6, size)
+    raise ValueError(f"an inline object of {size} bytes is too large; send it via a store")
+
+
 def _sign(key: bytes, body: bytes | memoryview) -> bytes:
     return hmac.digest(key, body, hashlib.sha256)
 
@@ -181,14 +196,7 @@ def encode_single_inline(
     size = 0
     for frame in frames:  # frames_size(), inlined: this runs once per message
         size += len(frame) if type(frame) is bytes else memoryview(frame).nbytes
-    if size < 0x100:
-        length = _BIN8(0xC4, size)
-    elif size < 0x10000:
-        length = _BIN16(0xC5, size)
-    elif size < 0x100000000:
-        length = _BIN32(0xC6, size)
-    else:
-        raise ValueError(f"an inline object of {size} bytes is too large; send it via a store")
+    length = _bin_header(size)
     if signing_key is None:
         return b"".join((head, _pack_uint(seq), tail, length, *frames, packed_metadata))
     body = (head[_HEADER:], _pack_uint(seq), tail, length, *frames, packed_metadata)
@@ -210,16 +218,7 @@ def encode_bytes_alone(head: bytes, seq: int, tail: bytes, data: bytes) -> bytes
     Raises:
         ValueError: If `data` is 4 GiB or more (msgpack's limit).
     """
-    size = len(data)
-    if size < 0x100:
-        length = _BIN8(0xC4, size)
-    elif size < 0x10000:
-        length = _BIN16(0xC5, size)
-    elif size < 0x100000000:
-        length = _BIN32(0xC6, size)
-    else:
-        raise ValueError(f"an inline object of {size} bytes is too large; send it via a store")
-    return b"".join((head, _pack_uint(seq), tail, length, data, EMPTY_METADATA))
+    return b"".join((head, _pack_uint(seq), tail, _bin_header(len(data)), data, EMPTY_METADATA))
 
 
 def store_fields(config: StoreConfig) -> list[Any]:
