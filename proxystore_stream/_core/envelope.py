@@ -385,6 +385,21 @@ def _verified_body(data: Any, topic: str | None, signing_key: bytes | None) -> m
     raise MalformedMessageError(f"unsupported envelope version {version}", topic=topic)
 
 
+def _is_body(fields: Any) -> bool:
+    """One combined check of a body's shape; `_diagnose` says what was wrong."""
+    return (
+        type(fields) is list
+        and len(fields) == 6
+        and type(fields[0]) is str
+        and type(fields[1]) is str
+        and type(fields[2]) is int
+        and fields[2] >= 0
+        and type(fields[3]) is str
+        and type(fields[4]) is list
+        and type(fields[5]) is list
+    )
+
+
 def single_inline_event(fields: Any) -> list[Any] | None:
     """The event of an unpacked body holding exactly one valid inline event.
 
@@ -394,18 +409,7 @@ def single_inline_event(fields: Any) -> list[Any] | None:
     of topic, producer id, natural sequence number, serializer, no stores and
     one ``[0, bytes, map]`` event.
     """
-    if (
-        type(fields) is list
-        and len(fields) == 6
-        and type(fields[0]) is str
-        and type(fields[1]) is str
-        and type(fields[2]) is int
-        and fields[2] >= 0
-        and type(fields[3]) is str
-        and fields[4] == []
-        and type(fields[5]) is list
-        and len(fields[5]) == 1
-    ):
+    if _is_body(fields) and fields[4] == [] and len(fields[5]) == 1:
         event = fields[5][0]
         if (
             type(event) is list
@@ -438,18 +442,7 @@ def _expect(condition: bool, what: str) -> None:
 
 
 def _wire_from_fields(fields: Any) -> WireBatch:
-    # One combined check on the happy path; _diagnose() says what was wrong.
-    if not (
-        type(fields) is list
-        and len(fields) == 6
-        and type(fields[0]) is str
-        and type(fields[1]) is str
-        and type(fields[2]) is int
-        and fields[2] >= 0
-        and type(fields[3]) is str
-        and type(fields[4]) is list
-        and type(fields[5]) is list
-    ):
+    if not _is_body(fields):
         _diagnose(fields)
     topic, producer_id, seq, serializer, raw_stores, events = fields
     stores = [_store_from_fields(store) for store in raw_stores] if raw_stores else []
