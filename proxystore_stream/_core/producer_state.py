@@ -222,8 +222,9 @@ class ProducerState(Generic[T]):
         self._raw_tail = (
             single_inline_tail(RAW.name) if serializer_for(serializer, b"") is RAW else None
         )
-        # bytes with no metadata, filter or signature: encode_bytes_alone().
-        self._bytes_alone = self._raw_tail is not None and filter_ is None and signing_key is None
+        # The tail for bytes with no metadata, filter or signature (None: no
+        # such fast lane): encode_bytes_alone().
+        self._bytes_alone_tail = self._raw_tail if filter_ is None and signing_key is None else None
         self.direct_topics: set[str] = set()
         """Open topics whose objects each go out at once, inline, alone
         (batch size 1, no aggregator, no store): `encode_direct` serves them."""
@@ -278,11 +279,12 @@ class ProducerState(Generic[T]):
         Raises:
             TypeError: If metadata is not a plain-data dict with str keys.
         """
-        if metadata is None and self._bytes_alone and type(obj) is bytes:
+        alone_tail = self._bytes_alone_tail
+        if metadata is None and alone_tail is not None and type(obj) is bytes:
             state = self._topics[topic]
             seq = state.seq
             state.seq = seq + 1
-            return encode_bytes_alone(state.head, seq, self._raw_tail, obj)  # type: ignore[arg-type]
+            return encode_bytes_alone(state.head, seq, alone_tail, cast(bytes, obj))
         if metadata is None:
             packed = EMPTY_METADATA
             metadata = {}

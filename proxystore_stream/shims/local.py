@@ -338,9 +338,6 @@ class LocalBroker:
                 else:
                     self._topics.pop(topic, None)
 
-    def _subscribers(self, topic: str) -> tuple[_Buffer, ...]:
-        return self._topics.get(topic, ())
-
 
 def _subscribe(
     broker: LocalBroker,
