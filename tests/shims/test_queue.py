@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import multiprocessing
+import os
+import queue
+import struct
 import threading
 import time
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import pytest
 
+import proxystore_stream.shims.queue as queue_shim
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
 from proxystore_stream.shims.queue import AsyncQueueSubscriber
@@ -176,3 +182,115 @@ def test_two_async_readers_share_one_queue_without_loss(process_queue: Any) -> N
     assert sorted(int(m) for out in outs for m in out) == list(range(n))
     for out in outs:  # each reader sees its share in order
         assert [int(m) for m in out] == sorted(int(m) for m in out)
+
+
+# --- reading the pipe directly -------------------------------------------------
+
+SIZES = [0, 1, 100, 4095, 4096, 70_000, 1 << 20, 3 << 20]
+"""Bodies that fit a pipe write, straddle its 64 KiB buffer, and need many reads."""
+
+
+@pytest.fixture(params=["nowait", "poll"])
+def reads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a subscriber learns that a message is there."""
+    if request.param == "poll":
+        monkeypatch.setattr(queue_shim, "_NOWAIT_READS", False)
+    elif not queue_shim._NOWAIT_READS:
+        pytest.skip("this kernel or platform has no RWF_NOWAIT reads")
+    return str(request.param)
+
+
+def test_messages_of_every_size_arrive_whole_and_in_order(process_queue: Any, reads: str) -> None:
+    publisher = QueuePublisher({"t": process_queue})
+    subscriber = QueueSubscriber(process_queue)
+    sent = [bytes([i]) * size for i, size in enumerate(SIZES)]
+    sender = threading.Thread(target=lambda: [publisher.send("t", m) for m in sent])
+    sender.start()
+    received = [subscriber.receive(timeout=10) for _ in sent]
+    sender.join(10)
+    assert [len(m) for m in received] == SIZES
+    assert received == sent
+    assert subscriber._pipe_fd is not None  # the pipe was read directly
+    with pytest.raises(StreamTimeoutError):
+        subscriber.receive(timeout=0.05)
+
+
+def test_a_kernel_refusing_nowait_reads_falls_back_to_poll(
+    process_queue: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = []
+
+    def refuse(*args: Any) -> int:
+        calls.append(args)
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(queue_shim.os, "preadv", refuse)
+    monkeypatch.setattr(queue_shim, "_NOWAIT_READS", True)
+    publisher = QueuePublisher({"t": process_queue})
+    subscriber = QueueSubscriber(process_queue)
+    for i in range(3):
+        publisher.send("t", b"%d" % i)
+    assert [subscriber.receive(timeout=5) for _ in range(3)] == [b"0", b"1", b"2"]
+    assert len(calls) == 1  # asked once, then polled
+
+
+def test_a_frame_with_the_wide_length_header_is_read(process_queue: Any, reads: str) -> None:
+    """Bodies of 2 GiB and more carry -1 and an 8-byte length: the same framing, smaller."""
+    body = ForkingPickler.dumps(b"wide" * 1000)
+    process_queue._sem.acquire()  # what put() does for each message
+    os.write(
+        process_queue._writer.fileno(),
+        struct.pack("!i", -1) + struct.pack("!Q", len(body)) + body,
+    )
+    QueuePublisher({"t": process_queue}).send("t", b"next")
+    subscriber = QueueSubscriber(process_queue)
+    assert subscriber.receive(timeout=5) == b"wide" * 1000
+    assert subscriber.receive(timeout=5) == b"next"
+
+
+def _plain_get_until_empty(q: Any, out: Any, reading: Any) -> None:
+    """A reader in another process using the queue's own `get`."""
+    got = [q.get(timeout=30)]
+    reading.set()
+    while True:
+        try:
+            got.append(q.get(timeout=1))
+        except queue.Empty:
+            break
+    out.put(got)
+
+
+def test_our_reader_and_plain_get_in_another_process_share_a_queue() -> None:
+    context = multiprocessing.get_context("spawn")
+    q: Any = context.Queue()
+    out: Any = context.Queue()
+    reading = context.Event()
+    n = 2000
+    child = context.Process(target=_plain_get_until_empty, args=(q, out, reading))
+    child.start()
+    try:
+        publisher = QueuePublisher({"t": q})
+        for i in range(n):
+            publisher.send("t", b"%d" % i + b"." * (i % 7 * 3000))
+        subscriber = QueueSubscriber(q)
+        assert reading.wait(30)
+        ours = []
+        while True:
+            try:
+                ours.append(subscriber.receive(timeout=1))
+            except StreamTimeoutError:
+                break
+        theirs = out.get(timeout=30)
+    finally:
+        child.join(30)
+        if child.is_alive():
+            child.kill()
+        q.cancel_join_thread()
+        q.close()
+    numbers = sorted(int(m.rstrip(b".")) for m in ours + theirs)
+    assert numbers == list(range(n))  # each message whole, exactly once
+    assert ours
+    assert theirs
+    for m in ours + theirs:
+        assert len(m) == len(m.rstrip(b".")) + int(m.rstrip(b".")) % 7 * 3000
