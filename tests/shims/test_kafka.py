@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -524,12 +525,14 @@ def test_outage_and_stall_raise_only_after_the_deadline(monkeypatch: pytest.Monk
         outage.check(False)
 
     ledger = kafka_shim._Ledger()
-    ledger.add(10)
-    ledger.add(20)
+    first, second = kafka.future.Future(), kafka.future.Future()
+    ledger.track(first, 10)
+    ledger.track(second, 20)
     stall = kafka_shim._Stall(ledger, 2.0, "kafka://x", "flush")
     now[0] = 6.9
     stall.check()
-    ledger.delivered(_Meta(10))  # progress: the clock starts again
+    first.success(_Meta(10))
+    ledger.sweep()  # progress: the clock starts again
     now[0] = 8.0
     stall.check()
     assert (ledger.pending, ledger.pending_bytes) == (1, 20)
@@ -538,10 +541,33 @@ def test_outage_and_stall_raise_only_after_the_deadline(monkeypatch: pytest.Monk
     now[0] = 10.0
     with pytest.raises(BrokerConnectionError, match="1 message"):
         stall.check()
-    ledger.undelivered(20, kafka.errors.KafkaTimeoutError("expired"))
+    second.failure(kafka.errors.KafkaTimeoutError("expired"))
+    ledger.sweep()
     assert (ledger.pending, ledger.pending_bytes) == (0, 0)
     assert ledger.take_failures()[0] == 1
     assert ledger.take_failures() == (0, None)
+
+
+def test_the_ledger_settles_tracked_records_oldest_first() -> None:
+    ledger = kafka_shim._Ledger()
+    futures = [kafka.future.Future() for _ in range(4)]
+    for i, future in enumerate(futures):
+        ledger.track(future, 10 * (i + 1))
+    futures[1].success(_Meta(20))  # done before the oldest: waits for it
+    ledger.sweep()
+    assert (ledger.pending, ledger.settled) == (4, 0)
+    futures[0].failure(kafka.errors.KafkaTimeoutError("expired"))
+    ledger.sweep()
+    assert (ledger.pending, ledger.pending_bytes, ledger.settled) == (2, 70, 2)
+    failed, error = ledger.take_failures()
+    assert failed == 1
+    assert isinstance(error, kafka.errors.KafkaTimeoutError)
+    # A waiter is woken by the oldest record settling on another thread.
+    threading.Timer(0.05, futures[2].success, (_Meta(30),)).start()
+    threading.Timer(0.10, futures[3].success, (_Meta(40),)).start()
+    assert ledger.wait(lambda: ledger.pending == 0, 10)
+    assert (ledger.pending_bytes, ledger.settled, ledger.failed) == (0, 4, 0)
+    assert not ledger.wait(lambda: ledger.pending < 0, 0.05)  # times out, no hang
 
 
 class _R(NamedTuple):
