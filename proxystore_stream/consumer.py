@@ -30,6 +30,7 @@ from proxystore_stream.events import StoreConfig
 from proxystore_stream.exceptions import MalformedMessageError
 from proxystore_stream.exceptions import SubscriberClosedError
 from proxystore_stream.protocols import AsyncSubscriber
+from proxystore_stream.protocols import DetachedMessage
 from proxystore_stream.protocols import Filter
 from proxystore_stream.protocols import Subscriber
 from proxystore_stream.proxy import Proxy
@@ -206,7 +207,10 @@ class StreamConsumer(_LastDelivery, ClosingContext, Generic[T]):
         )
         self._materializer = _Materializer(serializers)
         self._timeout = timeout
-        self._receive = getattr(subscriber, "receive", None)
+        # A subscriber that can hand over detached messages as they came.
+        self._receive = getattr(subscriber, "receive_detached", None) or getattr(
+            subscriber, "receive", None
+        )
         self._iterator: Iterator[bytes] | None = None
         self._last: Delivery | None = None
 
@@ -239,7 +243,11 @@ class StreamConsumer(_LastDelivery, ClosingContext, Generic[T]):
         while True:
             if step is NEED_MESSAGE:
                 receive = self._receive
-                step = state.take(receive(timeout) if receive else self._message(timeout))
+                message = receive(timeout) if receive else self._message(timeout)
+                if type(message) is DetachedMessage:
+                    step = state.take_detached(*message)
+                else:
+                    step = state.take(message)
                 continue
             if type(step) is InlineObject or type(step) is StoredObject:
                 self._last = step
@@ -349,7 +357,10 @@ class AsyncStreamConsumer(_LastDelivery, AsyncClosingContext, Generic[T]):
         )
         self._materializer = _Materializer(serializers)
         self._timeout = timeout
-        self._receive = getattr(subscriber, "receive", None)
+        # A subscriber that can hand over detached messages as they came.
+        self._receive = getattr(subscriber, "receive_detached", None) or getattr(
+            subscriber, "receive", None
+        )
         self._iterator: AsyncIterator[bytes] | None = None
         self._last: Delivery | None = None
 
@@ -384,10 +395,11 @@ class AsyncStreamConsumer(_LastDelivery, AsyncClosingContext, Generic[T]):
         while True:
             if step is NEED_MESSAGE:
                 receive = self._receive
-                if receive:
-                    step = state.take(await receive(timeout))
+                message = await (receive(timeout) if receive else self._message(timeout))
+                if type(message) is DetachedMessage:
+                    step = state.take_detached(*message)
                 else:
-                    step = state.take(await self._message(timeout))
+                    step = state.take(message)
                 continue
             if type(step) is InlineObject or type(step) is StoredObject:
                 self._last = step

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 from typing import Generic
 from typing import TypeVar
+from typing import cast
 
 from proxystore_stream._context import AsyncClosingContext
 from proxystore_stream._context import ClosingContext
@@ -22,8 +23,11 @@ from proxystore_stream._core.producer_state import PreparedBatch
 from proxystore_stream._core.producer_state import ProducerState
 from proxystore_stream._core.producer_state import ReadyBatch
 from proxystore_stream.protocols import AsyncPublisher
+from proxystore_stream.protocols import AsyncSendsDetached
+from proxystore_stream.protocols import DetachedMessage
 from proxystore_stream.protocols import Filter
 from proxystore_stream.protocols import Publisher
+from proxystore_stream.protocols import SendsDetached
 from proxystore_stream.serialize import PickleSerializer
 from proxystore_stream.serialize import Serializer
 from proxystore_stream.store.base import Store
@@ -55,6 +59,13 @@ class _Stores:
     def all(self) -> list[Store[Any]]:
         unique = {id(s): s for s in [self._default, *self._stores.values()] if s}
         return list(unique.values())
+
+
+def _detach_for(publisher: Any, state: ProducerState[Any]) -> None:
+    """Let `state` detach large objects if `publisher` sends multi-part messages."""
+    threshold = getattr(publisher, "detach_threshold", None)
+    if type(threshold) is int and callable(getattr(publisher, "send_detached", None)):
+        state.detach_from(threshold)
 
 
 class StreamProducer(ClosingContext, Generic[T]):
@@ -116,6 +127,7 @@ class StreamProducer(ClosingContext, Generic[T]):
             inline_threshold=inline_threshold,
             signing_key=signing_key,
         )
+        _detach_for(publisher, self._state)
 
     @property
     def producer_id(self) -> str:
@@ -161,6 +173,8 @@ class StreamProducer(ClosingContext, Generic[T]):
         accepted = self._state.accept(topic, obj, evict=evict, metadata=metadata)
         if isinstance(accepted, bytes):
             self.publisher.send(topic, accepted)
+        elif isinstance(accepted, DetachedMessage):
+            cast(SendsDetached, self.publisher).send_detached(topic, *accepted)
         elif accepted is not None:
             self._publish(accepted)
 
@@ -252,6 +266,7 @@ class AsyncStreamProducer(AsyncClosingContext, Generic[T]):
             inline_threshold=inline_threshold,
             signing_key=signing_key,
         )
+        _detach_for(publisher, self._state)
 
     @property
     def producer_id(self) -> str:
@@ -284,6 +299,8 @@ class AsyncStreamProducer(AsyncClosingContext, Generic[T]):
         accepted = self._state.accept(topic, obj, evict=evict, metadata=metadata)
         if isinstance(accepted, bytes):
             await self.publisher.send(topic, accepted)
+        elif isinstance(accepted, DetachedMessage):
+            await cast(AsyncSendsDetached, self.publisher).send_detached(topic, *accepted)
         elif accepted is not None:
             await self._publish(accepted)
 

@@ -15,6 +15,10 @@ the stream producer and consumer use when present:
 - `Acknowledging.ack()`: acknowledge every message handed over so far. Shims
   of brokers that keep messages acknowledge a message when the next one is
   asked for, or when `ack()` is called.
+- `SendsDetached` / `ReceivesDetached`: a transport with multi-part messages
+  (ZeroMQ) can carry a large object's frames beside its envelope instead of
+  inside it (`DetachedMessage`), so the producer does not copy the object
+  into the envelope and the consumer does not copy it out again.
 
 The async twins (`AsyncPublisher`, `AsyncSubscriber`, ...) have the same
 method names, awaitable.
@@ -27,6 +31,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from collections.abc import Iterator
 from typing import Any
+from typing import NamedTuple
 from typing import Protocol
 from typing import runtime_checkable
 
@@ -35,12 +40,17 @@ __all__ = [
     "AsyncAcknowledging",
     "AsyncFlushable",
     "AsyncPublisher",
+    "AsyncReceivesDetached",
     "AsyncReceivingSubscriber",
+    "AsyncSendsDetached",
     "AsyncSubscriber",
+    "DetachedMessage",
     "Filter",
     "Flushable",
     "Publisher",
+    "ReceivesDetached",
     "ReceivingSubscriber",
+    "SendsDetached",
     "Subscriber",
 ]
 
@@ -113,6 +123,63 @@ class Acknowledging(Protocol):
 
     def ack(self) -> None:
         """Acknowledge every message this subscriber has handed over."""
+        ...
+
+
+class DetachedMessage(NamedTuple):
+    """A message whose one inline object travels beside it, in its own frames.
+
+    `message` is a valid envelope of one inline object whose data is empty;
+    the object's data is `frames` back to back. Only the producer makes them
+    (for objects of at least the publisher's `detach_threshold`, unsigned);
+    a subscriber's plain `receive()` joins them back into one envelope.
+    """
+
+    message: bytes
+    """The envelope, with the object's data left empty."""
+    frames: list[Any]
+    """The object's serialized frames (buffers), in order."""
+
+
+@runtime_checkable
+class SendsDetached(Protocol):
+    """A publisher that can send an object's frames beside its envelope."""
+
+    detach_threshold: int
+    """Objects of at least this many serialized bytes are sent detached."""
+
+    def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
+        """Send a `DetachedMessage` as one atomic multi-part message."""
+        ...
+
+
+@runtime_checkable
+class ReceivesDetached(Protocol):
+    """A subscriber that hands over detached messages as they came."""
+
+    def receive_detached(self, timeout: float | None = None) -> bytes | DetachedMessage:
+        """Return the next message: bytes, or a `DetachedMessage` (see `receive`)."""
+        ...
+
+
+@runtime_checkable
+class AsyncSendsDetached(Protocol):
+    """Async twin of `SendsDetached`."""
+
+    detach_threshold: int
+    """Objects of at least this many serialized bytes are sent detached."""
+
+    async def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
+        """Send a `DetachedMessage` as one atomic multi-part message."""
+        ...
+
+
+@runtime_checkable
+class AsyncReceivesDetached(Protocol):
+    """Async twin of `ReceivesDetached`."""
+
+    async def receive_detached(self, timeout: float | None = None) -> bytes | DetachedMessage:
+        """Return the next message: bytes, or a `DetachedMessage`."""
         ...
 
 

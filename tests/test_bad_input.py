@@ -45,6 +45,7 @@ from proxystore_stream import StreamConsumer
 from proxystore_stream import StreamProducer
 from proxystore_stream._core.consumer_state import ConsumerState
 from proxystore_stream._core.consumer_state import InlineObject
+from proxystore_stream._core.detached import attach
 from proxystore_stream._core.envelope import INLINE
 from proxystore_stream._core.envelope import decode_batch
 from proxystore_stream._core.envelope import decode_wire
@@ -331,6 +332,68 @@ def test_the_consumers_fast_path_agrees_with_the_full_decoder(tmp_path: Path) ->
     assert outcomes.get("refused", 0) > FUZZ_CASES // 40
     assert outcomes.get("one inline", 0) > 0
     assert outcomes.get("other", 0) > 0
+
+
+def detached_seeds() -> list[tuple[bytes, list[Any]]]:
+    """Real detached messages: raw bytes and pickles, with and without metadata."""
+    sent: list[tuple[bytes, list[Any]]] = []
+
+    class Capture:
+        detach_threshold = 0
+
+        def send(self, topic: str, message: bytes) -> None:
+            """A topic's first object: not detached, not a seed."""
+
+        def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
+            sent.append((message, [bytes(memoryview(f)) for f in frames]))
+
+        def close(self) -> None:
+            """Nothing to close."""
+
+    producer: StreamProducer[Any] = StreamProducer(Capture())  # type: ignore[arg-type]
+    for obj, metadata in [
+        (b"first", None),
+        (b"raw bytes", None),
+        (b"raw with metadata", {"i": 1, "x": [1.5, None]}),
+        (bytearray(b"out of band"), None),
+        ({"k": "pickled"}, {"j": "v"}),
+    ]:
+        producer.send("t", obj, metadata=metadata)
+    return sent
+
+
+def test_detached_messages_decode_as_their_joined_envelopes() -> None:
+    """`take_detached(message, frames)` agrees with `take(attach(message, frames))`.
+
+    On mutants of real detached envelopes (and frames), both refuse or both
+    hand over the same object.
+    """
+    seeds = detached_seeds()
+    assert len(seeds) == 4
+    envelopes = [message for message, _ in seeds]
+    cases = envelopes + mutants(envelopes, FUZZ_CASES // 8, seed=9, key=None)
+    rng = random.Random(9)
+    outcomes: dict[str, int] = {}
+    topics: set[str | None] = set()
+    for data in cases:
+        frames = rng.choice(seeds)[1]
+        if rng.random() < 0.1:
+            frames = rng.choice([[], [b""], [b"a", b"b"], frames * 2])
+        try:
+            detached = ConsumerState(source="t").take_detached(data, frames)
+        except MalformedMessageError as exc:
+            topics.add(exc.topic)
+            detached = None
+        try:
+            joined = ConsumerState(source="t").take(attach(data, frames, topic="t"))
+        except MalformedMessageError:
+            joined = None
+        assert detached == joined, data
+        kind = "refused" if detached is None else "one inline"
+        outcomes[kind] = outcomes.get(kind, 0) + 1
+    assert outcomes.get("refused", 0) > FUZZ_CASES // 80
+    assert outcomes.get("one inline", 0) > len(envelopes)  # mutants accepted too
+    assert topics == {"t"}  # every refusal names the topic
 
 
 # --- through a consumer ----------------------------------------------------------

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
+from proxystore_stream._core.detached import detached_event
+from proxystore_stream._core.detached import joined
 from proxystore_stream._core.envelope import END
 from proxystore_stream._core.envelope import INLINE
 from proxystore_stream._core.envelope import WireBatch
@@ -250,6 +252,35 @@ class ConsumerState:
             logger.warning("Skipped a malformed message", exc_info=True)
             return NEED_MESSAGE
         return self.next_step()
+
+    def take_detached(self, message: bytes, frames: list[Any]) -> Step:
+        """`take` for a `DetachedMessage`: one inline object whose frames came beside it.
+
+        Raises:
+            MalformedMessageError: If it is not a valid detached message, or
+                this consumer checks signatures (unless `skip_malformed`).
+        """
+        try:
+            fields, event = detached_event(
+                message,
+                frames,
+                topic=self._source,
+                signing_key=self._signing_key,
+            )
+        except MalformedMessageError:
+            if not self._skip_malformed:
+                raise
+            logger.warning("Skipped a malformed message", exc_info=True)
+            return NEED_MESSAGE
+        topic, producer_id, seq, serializer, _, _ = fields
+        progress = self._progress.get(topic)
+        if progress is None:
+            progress = self._progress[topic] = _TopicProgress()
+        progress.writers.add(producer_id)
+        metadata = event[2]
+        if self._filter is not None and self._filter(metadata):
+            return NEED_MESSAGE
+        return InlineObject(topic, joined(frames), serializer, metadata, producer_id, seq, 0)
 
     def _topic_ended(self, progress: _TopicProgress) -> bool:
         if not progress.closed >= progress.writers:

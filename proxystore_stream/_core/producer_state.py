@@ -22,6 +22,7 @@ from typing import Protocol
 from typing import TypeVar
 from typing import cast
 
+from proxystore_stream._core.detached import detach
 from proxystore_stream._core.envelope import EMPTY_METADATA
 from proxystore_stream._core.envelope import END
 from proxystore_stream._core.envelope import INLINE
@@ -37,12 +38,16 @@ from proxystore_stream._core.envelope import store_fields
 from proxystore_stream._types import Buffer
 from proxystore_stream.events import StoreConfig
 from proxystore_stream.exceptions import TopicClosedError
+from proxystore_stream.protocols import DetachedMessage
 from proxystore_stream.protocols import Filter
 from proxystore_stream.serialize import RAW
 from proxystore_stream.serialize import Serializer
 from proxystore_stream.serialize import serializer_for
 
 T = TypeVar("T")
+
+_NEVER = 1 << 62
+"""The detach threshold of a producer that never detaches (larger than any object)."""
 
 DEFAULT_MAX_BATCH_BYTES = 1 << 18
 """Default `max_batch_bytes`. Past a few hundred KiB a batch saves no
@@ -228,6 +233,18 @@ class ProducerState(Generic[T]):
         self.direct_topics: set[str] = set()
         """Open topics whose objects each go out at once, inline, alone
         (batch size 1, no aggregator, no store): `encode_direct` serves them."""
+        self._detach_at = _NEVER
+
+    def detach_from(self, threshold: int) -> None:
+        """Let `encode_direct` detach objects of `threshold` bytes or more.
+
+        For publishers that send a `DetachedMessage` as one multi-part
+        message. Signed producers never detach (frames are not signed).
+        """
+        if type(threshold) is not int or threshold < 0:
+            raise ValueError(f"detach threshold must be an int >= 0, got {threshold!r}")
+        if self._signing_key is None:
+            self._detach_at = threshold
 
     def _topic(self, topic: str) -> _Topic[T]:
         state = self._topics.get(topic)
@@ -248,12 +265,13 @@ class ProducerState(Generic[T]):
         *,
         evict: bool = True,
         metadata: dict[str, Any] | None = None,
-    ) -> bytes | ReadyBatch[T] | None:
+    ) -> bytes | DetachedMessage | ReadyBatch[T] | None:
         """Accept an object by the direct path if its topic has one, else `submit`.
 
         Returns:
-            A message to publish as it is (direct path), a batch to `prepare`
-            and publish, or None when there is nothing to send yet.
+            A message to publish as it is (direct path; detached, see
+            `detach_from`), a batch to `prepare` and publish, or None when
+            there is nothing to send yet.
 
         Raises:
             As `submit`.
@@ -267,7 +285,7 @@ class ProducerState(Generic[T]):
         topic: str,
         obj: T,
         metadata: dict[str, Any] | None = None,
-    ) -> bytes | None:
+    ) -> bytes | DetachedMessage | None:
         """Filter and encode one object of a topic in `direct_topics`.
 
         The fast path of `submit` + `prepare` + `message` for the common case;
@@ -280,7 +298,12 @@ class ProducerState(Generic[T]):
             TypeError: If metadata is not a plain-data dict with str keys.
         """
         alone_tail = self._bytes_alone_tail
-        if metadata is None and alone_tail is not None and type(obj) is bytes:
+        if (
+            metadata is None
+            and alone_tail is not None
+            and type(obj) is bytes
+            and len(cast(bytes, obj)) < self._detach_at
+        ):
             state = self._topics[topic]
             seq = state.seq
             state.seq = seq + 1
@@ -300,6 +323,8 @@ class ProducerState(Generic[T]):
             tail, frames = self._raw_tail, [cast(bytes, obj)]  # serializer_for(): raw
         else:
             tail, frames = self._tail, self._serializer.dumps(obj)
+        if self._detach_at != _NEVER and frames_size(frames) >= self._detach_at:
+            return detach(state.head, seq, tail, frames, packed)
         return encode_single_inline(
             state.head,
             seq,

@@ -65,7 +65,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -75,6 +74,8 @@ from typing import Self
 
 from proxystore_stream._context import AsyncClosingContext
 from proxystore_stream._context import ClosingContext
+from proxystore_stream._core.detached import attach
+from proxystore_stream._core.envelope import frames_size
 from proxystore_stream._fair import FairShare
 from proxystore_stream._offload import SLICE_SECONDS
 from proxystore_stream.exceptions import BrokerConnectionError
@@ -83,6 +84,7 @@ from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
 from proxystore_stream.exceptions import require
+from proxystore_stream.protocols import DetachedMessage
 from proxystore_stream.shims._errors import ErrorMap
 from proxystore_stream.shims._errors import map_errors
 
@@ -131,6 +133,7 @@ _forwarder_ids = itertools.count()
 _YIELD_MESSAGES = 1024
 # Plain ints: combining pyzmq's flag enums costs more than the send itself.
 _NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
 
@@ -227,43 +230,84 @@ def _open(
         raise
 
 
-def _reader(socket: zmq.Socket[Any], broker: str) -> Callable[[], bytes | None]:
-    """Return a function reading the payload of the next queued message.
+class _Reader:
+    """Reads the next queued message of a SUB socket.
 
-    It returns None when no message is queued, raises `MalformedMessageError`
-    for a message that is not ``[topic + NUL, payload]`` (read whole, so the
-    next one starts clean) and `BrokerConnectionError` (naming `broker`) for
-    any other ZeroMQ error. It calls the socket's own recv and getsockopt,
-    not pyzmq's Python-level recv_multipart: about 1.6 us less per message.
+    Calling it returns the payload of a ``[topic + NUL, payload]`` message,
+    a `DetachedMessage` for ``[topic + NUL, envelope, *frames]`` (a large
+    object sent beside its envelope), or None when nothing is queued. It
+    raises `MalformedMessageError` for any other shape (read whole, so the
+    next message starts clean) and `BrokerConnectionError` (naming `broker`)
+    for any other ZeroMQ error. It calls the socket's own recv and
+    getsockopt, not pyzmq's Python-level recv_multipart: about 1.6 us less
+    per message.
     """
-    base: Any = super(zmq.Socket, socket)
-    recv, get = base.recv, base.get
 
-    def read() -> bytes | None:
+    def __init__(self, socket: zmq.Socket[Any], broker: str) -> None:
+        base: Any = super(zmq.Socket, socket)
+        self._recv, self._get = base.recv, base.get
+        self._broker = broker
+        self.topic: str | None = None
+        """The topic of the last detached message (for error messages)."""
+
+    def __call__(self) -> bytes | DetachedMessage | None:
+        recv, get = self._recv, self._get
         try:
             first = recv(_NOBLOCK)
             if get(_RCVMORE):
                 # A multipart message is delivered whole: its parts are queued.
                 payload = recv(_NOBLOCK)
-                if not get(_RCVMORE) and first[-1:] == _TERMINATOR:
-                    return payload  # type: ignore[no-any-return]
-                frames = 2
-                while get(_RCVMORE):
-                    recv(_NOBLOCK)
-                    frames += 1
+                if not get(_RCVMORE):
+                    if first[-1:] == _TERMINATOR:
+                        return payload  # type: ignore[no-any-return]
+                    frames = 2
+                else:
+                    parts = [recv(_NOBLOCK)]
+                    while get(_RCVMORE):
+                        parts.append(recv(_NOBLOCK))
+                    if first[-1:] == _TERMINATOR:
+                        self.topic = _topic_name(first)
+                        return DetachedMessage(payload, parts)
+                    frames = 2 + len(parts)
             else:
                 frames = 1
         except zmq.Again:
             return None
         except zmq.ZMQError as exc:
-            raise BrokerConnectionError(f"receive failed: {exc}", broker=broker) from exc
-        topic = first[:-1].decode(errors="replace") if frames > 1 else None
+            raise BrokerConnectionError(f"receive failed: {exc}", broker=self._broker) from exc
         raise MalformedMessageError(
-            f"expected 2 frames [topic + NUL, payload], got {frames}",
-            topic=topic,
+            f"expected 2 frames [topic + NUL, payload] (or more: a detached object), got {frames}",
+            topic=_topic_name(first) if frames > 1 else None,
         )
 
-    return read
+    def joined(self, message: bytes | DetachedMessage) -> bytes:
+        """`message` as one envelope: a detached message's frames attached.
+
+        Raises:
+            MalformedMessageError: If a detached message is not valid.
+        """
+        if type(message) is DetachedMessage:
+            return attach(*message, topic=self.topic)
+        return message  # type: ignore[return-value]
+
+
+def _send_parts(
+    socket: zmq.Socket[Any],
+    frame: bytes,
+    message: bytes,
+    parts: list[Any],
+    flags: int,
+) -> None:
+    """Send ``[frame, message, *parts]`` as one message; raises zmq.Again only before the first."""
+    socket.send(frame, flags | _SNDMORE)
+    socket.send(message, flags | _SNDMORE)
+    last = len(parts) - 1
+    for index, part in enumerate(parts):
+        socket.send(part, flags | (0 if index == last else _SNDMORE), copy=type(part) is not bytes)
+
+
+def _topic_name(frame: bytes) -> str:
+    return frame[:-1].decode(errors="replace")
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -384,6 +428,8 @@ class ZeroMQPublisher(ClosingContext):
             if self._own_context:
                 self._context.term()
             raise
+        self.detach_threshold = zero_copy_threshold
+        """Objects this large or larger travel beside their envelope (`send_detached`)."""
         self._frames = _TopicFrames()
         self._counts = _SubscriptionCounts()
         self._sent = 0
@@ -405,6 +451,24 @@ class ZeroMQPublisher(ClosingContext):
         try:
             self._socket.send(frame, zmq.SNDMORE)
             self._socket.send(message, 0, copy=type(message) is not bytes)
+        except zmq.ZMQError as exc:
+            raise BrokerConnectionError(f"send failed: {exc}", broker=self.endpoint) from exc
+        self._sent += 1
+        if self._sent % _DRAIN_EVERY == 0:
+            self._drain()
+
+    def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
+        """Publish a `DetachedMessage`: ``[topic, message, *frames]`` in one message.
+
+        `bytes` frames are sent without copying (from `zero_copy_threshold`
+        on); other buffers are copied, so the caller may reuse them at once.
+        Raises as `send`.
+        """
+        frame = self._frames[topic] if type(topic) is str else self._frames(topic)
+        if self._closed:
+            raise PublisherClosedError("ZeroMQPublisher is closed")
+        try:
+            _send_parts(self._socket, frame, message, frames, 0)
         except zmq.ZMQError as exc:
             raise BrokerConnectionError(f"send failed: {exc}", broker=self.endpoint) from exc
         self._sent += 1
@@ -555,7 +619,7 @@ class ZeroMQSubscriber(ClosingContext):
         for prefix in prefixes:
             self._socket.setsockopt(zmq.SUBSCRIBE, prefix)
         self.endpoint = _open(self._socket, endpoint, bind=bind, options=settings)
-        self._read = _reader(self._socket, self.endpoint)
+        self._read = _Reader(self._socket, self.endpoint)
         self._timeout = timeout
         self._closed = False
         # Held while the socket is in use, so close() from another thread
@@ -573,10 +637,22 @@ class ZeroMQSubscriber(ClosingContext):
     def receive(self, timeout: float | None = None) -> bytes:
         """Return the next message, waiting `timeout` seconds at most.
 
+        A detached message (a large object sent beside its envelope) is
+        returned as one envelope, its frames attached (a copy).
+
         Raises:
             StreamTimeoutError: If no message arrived in time.
             SubscriberClosedError: If the subscriber is (or gets) closed.
-            MalformedMessageError: If a message is not ``[topic, payload]``.
+            MalformedMessageError: If a message is not ``[topic, payload]``
+                or a valid detached message.
+        """
+        return self._read.joined(self.receive_detached(timeout))
+
+    def receive_detached(self, timeout: float | None = None) -> bytes | DetachedMessage:
+        """Return the next message as it came: bytes, or a `DetachedMessage`.
+
+        The stream consumer uses this, so a detached object's frame becomes
+        its data without a copy. Raises as `receive`.
         """
         deadline = _deadline(timeout)
         with self._lock:
@@ -635,6 +711,8 @@ class AsyncZeroMQPublisher(AsyncClosingContext):
         # The same socket through the plain API: a send that cannot block
         # is made directly, without a pyzmq Future per call.
         self._direct: zmq.Socket[Any] = zmq.Socket.shadow(self._socket.underlying)
+        self.detach_threshold = zero_copy_threshold
+        """Objects this large or larger travel beside their envelope (`send_detached`)."""
         self._frames = _TopicFrames()
         self._counts = _SubscriptionCounts()
         self._sent = 0
@@ -681,7 +759,41 @@ class AsyncZeroMQPublisher(AsyncClosingContext):
             raise BrokerConnectionError(f"send failed: {exc}", broker=self.endpoint) from exc
         self._after_send()
 
-    async def _send_when_room(self, frame: bytes, message: bytes, copy: bool) -> None:
+    async def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
+        """Publish a `DetachedMessage` (see `ZeroMQPublisher.send_detached`)."""
+        frame = self._frames[topic] if type(topic) is str else self._frames(topic)
+        if self._closed:
+            raise PublisherClosedError("AsyncZeroMQPublisher is closed")
+        if self._fair.due(len(message) + frames_size(frames)):
+            await asyncio.sleep(0)
+            if self._closed:
+                raise PublisherClosedError("AsyncZeroMQPublisher is closed")
+        try:
+            if not self._waiting:
+                try:
+                    _send_parts(self._direct, frame, message, frames, _NOBLOCK)
+                except zmq.Again:
+                    pass
+                else:
+                    self._after_send()
+                    return
+            self._waiting += 1
+            try:
+                async with self._room:
+                    await self._send_when_room(frame, message, True, frames)
+            finally:
+                self._waiting -= 1
+        except zmq.ZMQError as exc:
+            raise BrokerConnectionError(f"send failed: {exc}", broker=self.endpoint) from exc
+        self._after_send()
+
+    async def _send_when_room(
+        self,
+        frame: bytes,
+        message: bytes,
+        copy: bool,
+        parts: list[Any] | None = None,
+    ) -> None:
         # XPUB reports POLLOUT even when a nodrop queue is full (pyzmq's
         # awaitable send then fails with EAGAIN), so retry on a short backoff.
         # A cancelled wait has sent nothing.
@@ -690,6 +802,9 @@ class AsyncZeroMQPublisher(AsyncClosingContext):
             if self._closed:
                 raise PublisherClosedError("AsyncZeroMQPublisher is closed")
             try:
+                if parts:
+                    _send_parts(self._direct, frame, message, parts, _NOBLOCK)
+                    return
                 self._direct.send(frame, _SNDMORE_NOBLOCK)
             except zmq.Again:
                 await asyncio.sleep(delay)
@@ -784,7 +899,7 @@ class AsyncZeroMQSubscriber(AsyncClosingContext):
         # Reads through the plain API: a message that is already queued is
         # taken without a pyzmq Future; only waiting goes through zmq.asyncio.
         self._direct: zmq.Socket[Any] = zmq.Socket.shadow(self._socket.underlying)
-        self._read = _reader(self._direct, self.endpoint)
+        self._read = _Reader(self._direct, self.endpoint)
         self._timeout = timeout
         self._closed = False
         self._receiving = 0
@@ -799,6 +914,10 @@ class AsyncZeroMQSubscriber(AsyncClosingContext):
 
     async def receive(self, timeout: float | None = None) -> bytes:
         """Return the next message (see `ZeroMQSubscriber.receive`)."""
+        return self._read.joined(await self.receive_detached(timeout))
+
+    async def receive_detached(self, timeout: float | None = None) -> bytes | DetachedMessage:
+        """Return the next message as it came (see `ZeroMQSubscriber.receive_detached`)."""
         if not self._closed and (timeout is None or timeout >= 0):
             # Fast path: a message already queued is returned without a
             # deadline, a counter or a suspension.
