@@ -141,7 +141,13 @@ class StreamProducer(ClosingContext, Generic[T]):
             store = self._stores.for_topic(ready.topic)
             assert store is not None
             keys = store.put_serialized_batch(prepared.to_store)
-        self.publisher.send(ready.topic, prepared.message(keys))
+        self._deliver(ready.topic, prepared.outgoing(keys))
+
+    def _deliver(self, topic: str, message: bytes | DetachedMessage) -> None:
+        if isinstance(message, bytes):
+            self.publisher.send(topic, message)
+        else:
+            cast(SendsDetached, self.publisher).send_detached(topic, *message)
 
     def _flush_publisher(self) -> None:
         flush = getattr(self.publisher, "flush", None)
@@ -174,7 +180,7 @@ class StreamProducer(ClosingContext, Generic[T]):
         if isinstance(accepted, bytes):
             self.publisher.send(topic, accepted)
         elif isinstance(accepted, DetachedMessage):
-            cast(SendsDetached, self.publisher).send_detached(topic, *accepted)
+            self._deliver(topic, accepted)
         elif accepted is not None:
             self._publish(accepted)
 
@@ -280,7 +286,13 @@ class AsyncStreamProducer(AsyncClosingContext, Generic[T]):
             store = self._stores.for_topic(ready.topic)
             assert store is not None
             keys = await asyncio.to_thread(store.put_serialized_batch, prepared.to_store)
-        await self.publisher.send(ready.topic, prepared.message(keys))
+        await self._deliver(ready.topic, prepared.outgoing(keys))
+
+    async def _deliver(self, topic: str, message: bytes | DetachedMessage) -> None:
+        if isinstance(message, bytes):
+            await self.publisher.send(topic, message)
+        else:
+            await cast(AsyncSendsDetached, self.publisher).send_detached(topic, *message)
 
     async def _flush_publisher(self) -> None:
         flush = getattr(self.publisher, "flush", None)
@@ -300,7 +312,7 @@ class AsyncStreamProducer(AsyncClosingContext, Generic[T]):
         if isinstance(accepted, bytes):
             await self.publisher.send(topic, accepted)
         elif isinstance(accepted, DetachedMessage):
-            await cast(AsyncSendsDetached, self.publisher).send_detached(topic, *accepted)
+            await self._deliver(topic, accepted)
         elif accepted is not None:
             await self._publish(accepted)
 

@@ -119,6 +119,30 @@ class PreparedBatch:
     _serializer: str
     _stores: list[list[Any]]
     _signing_key: bytes | None
+    _detach_at: int = _NEVER
+
+    def outgoing(self, keys: Sequence[str] = ()) -> bytes | DetachedMessage:
+        """`message(keys)`, or its detached form for one large inline object.
+
+        Detached as `ProducerState.detach_from` allows: a batch of exactly
+        one inline object of at least that many bytes.
+        """
+        events = self._events
+        if (
+            self._detach_at != _NEVER
+            and len(events) == 1
+            and events[0][0] == INLINE
+            and frames_size(events[0][1]) >= self._detach_at
+        ):
+            _, frames, metadata = events[0]
+            return detach(
+                single_inline_head(self.topic, self._producer_id),
+                self._seq,
+                single_inline_tail(self._serializer),
+                frames,
+                pack_metadata(metadata),
+            )
+        return self.message(keys)
 
     def message(self, keys: Sequence[str] = ()) -> bytes:
         """Encode the batch, given the store keys of `to_store` in order.
@@ -469,4 +493,5 @@ class ProducerState(Generic[T]):
             serializer_name,
             stores,
             self._signing_key,
+            self._detach_at,
         )

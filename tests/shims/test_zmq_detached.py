@@ -278,3 +278,22 @@ def test_an_async_plain_receive_joins_the_frames() -> None:
             await pub.close()
 
     assert decode_wire(asyncio.run(main())).events[0][1] == b"j" * (1 << 20)
+
+
+def test_a_batch_holding_one_large_object_travels_detached(
+    endpoints: tuple[ZeroMQPublisher, ZeroMQSubscriber, ZeroMQSubscriber],
+) -> None:
+    pub, consumer_side, raw_side = endpoints
+    sent = [bytes([i]) * (1 << 20) for i in range(3)] + [b"a", b"b", b"c"]
+    with StreamProducer[bytes](pub, batch_size=64) as producer:
+        for obj in sent:  # each 1 MiB object fills a batch by itself
+            producer.send("t", obj)
+        producer.flush()
+        producer.close(topics=["t"], publisher=False)
+    consumer: StreamConsumer[bytes] = StreamConsumer(consumer_side, timeout=10)
+    assert list(consumer) == sent
+    kinds = [type(raw_side.receive_detached(10)).__name__ for _ in range(5)]
+    # Three detached objects, one batch of three small ones, the end of stream.
+    assert kinds == ["DetachedMessage"] * 3 + ["bytes", "bytes"]
+    with pytest.raises(StreamTimeoutError):
+        raw_side.receive_detached(0.2)
