@@ -342,7 +342,7 @@ def detached_seeds() -> list[tuple[bytes, list[Any]]]:
         detach_threshold = 0
 
         def send(self, topic: str, message: bytes) -> None:
-            """A topic's first object: not detached, not a seed."""
+            raise AssertionError("every object here is detached (threshold 0)")
 
         def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
             sent.append((message, [bytes(memoryview(f)) for f in frames]))
@@ -369,7 +369,7 @@ def test_detached_messages_decode_as_their_joined_envelopes() -> None:
     hand over the same object.
     """
     seeds = detached_seeds()
-    assert len(seeds) == 4
+    assert len(seeds) == 5
     envelopes = [message for message, _ in seeds]
     cases = envelopes + mutants(envelopes, FUZZ_CASES // 8, seed=9, key=None)
     rng = random.Random(9)
