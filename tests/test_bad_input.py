@@ -388,7 +388,7 @@ def test_detached_messages_decode_as_their_joined_envelopes() -> None:
             joined = ConsumerState(source="t").take(attach(data, frames, topic="t"))
         except MalformedMessageError:
             joined = None
-        assert detached == joined, data
+        assert repr(detached) == repr(joined), data  # repr: NaN in metadata equals itself
         kind = "refused" if detached is None else "one inline"
         outcomes[kind] = outcomes.get(kind, 0) + 1
     assert outcomes.get("refused", 0) > FUZZ_CASES // 80
