@@ -11,7 +11,9 @@ r"""Shim over ZeroMQ PUB/SUB sockets (pyzmq); no broker process.
 | queue full (HWM) | the publisher DROPS messages silently for that subscriber |
 
 Topics are framed exactly: each message is two frames, ``topic + b"\x00"``
-and the payload, and a subscriber subscribes to ``topic + b"\x00"``. ZeroMQ
+and the payload, and a subscriber subscribes to ``topic + b"\x00"``. (A
+large object from a stream producer travels beside its envelope, in frames
+of its own: see `send_detached` and `receive_detached`.) ZeroMQ
 matches subscriptions by prefix, so without the terminator a subscriber of
 ``"a"`` would also get ``"ab"``. Topics therefore may not contain NUL.
 
