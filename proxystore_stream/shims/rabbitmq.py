@@ -92,7 +92,9 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 from typing import Literal
+from typing import NamedTuple
 from typing import Self
+from typing import TypeAlias
 from urllib.parse import parse_qs
 from urllib.parse import quote
 from urllib.parse import urlsplit
@@ -109,6 +111,8 @@ except ImportError as e:  # pragma: no cover - exercised by the extras test
 
 from proxystore_stream._context import AsyncOpeningContext
 from proxystore_stream._context import ClosingContext
+from proxystore_stream._core.detached import attach
+from proxystore_stream._core.detached import joined
 from proxystore_stream._offload import SLICE_SECONDS
 from proxystore_stream.exceptions import BrokerConnectionError
 from proxystore_stream.exceptions import BufferFullError
@@ -116,6 +120,7 @@ from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import StreamError
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
+from proxystore_stream.protocols import DetachedMessage
 from proxystore_stream.retry import RetryPolicy
 from proxystore_stream.shims._errors import ErrorMap
 from proxystore_stream.shims._errors import map_errors
@@ -243,9 +248,13 @@ def _check_topics(topics: str | Sequence[str]) -> list[str]:
 def _check_message(message: bytes, max_size: int) -> None:
     if not isinstance(message, (bytes, bytearray, memoryview)):
         raise TypeError(f"message must be bytes, not {type(message).__name__}")
-    if len(message) > max_size:
+    _check_message_size(len(message), max_size)
+
+
+def _check_message_size(size: int, max_size: int) -> None:
+    if size > max_size:
         raise ValueError(
-            f"message of {len(message)} bytes exceeds max_message_size "
+            f"message of {size} bytes exceeds max_message_size "
             f"({max_size} bytes); RabbitMQ would close the channel. Raise the "
             "server's max_message_size and this publisher's, or send the "
             "object through a store.",
@@ -350,6 +359,57 @@ def _lost_error(cause: BaseException | None, broker: str) -> BrokerConnectionErr
     return BrokerConnectionError(f"Connection to RabbitMQ was lost{detail}", broker=broker)
 
 
+DETACH_THRESHOLD = 64 * 1024
+"""Objects of at least this many bytes travel as the body, their envelope as a header."""
+
+ENVELOPE_HEADER = "pss-envelope"
+"""AMQP header carrying the envelope of a detached message (the body is the object)."""
+
+
+class _Detached(NamedTuple):
+    """An outgoing detached message: the object's data as the body, the envelope as a header."""
+
+    body: bytes
+    envelope: bytes
+
+
+_Outgoing: TypeAlias = "bytes | _Detached"
+
+
+def _size(outgoing: _Outgoing) -> int:
+    if type(outgoing) is bytes:
+        return len(outgoing)
+    return len(outgoing.body) + len(outgoing.envelope)  # type: ignore[union-attr]
+
+
+def _publish_on(channel: Any, mode: str, name: str, outgoing: _Outgoing, properties: Any) -> None:
+    """basic_publish of a message or a detached one, in fan-out or work-queue mode."""
+    if type(outgoing) is _Detached:
+        headers = {ENVELOPE_HEADER: outgoing.envelope}
+        persistent = 2 if mode == "queue" else None
+        properties = pika.BasicProperties(delivery_mode=persistent, headers=headers)
+        outgoing = outgoing.body
+    if mode == "fanout":
+        channel.basic_publish(name, "", outgoing, properties)
+    else:
+        channel.basic_publish("", name, outgoing, properties)
+
+
+def _joined(message: bytes | DetachedMessage, names: list[str]) -> bytes:
+    """`message` as one envelope (a detached message's body attached)."""
+    if type(message) is DetachedMessage:
+        return attach(*message, topic=", ".join(names))
+    return message  # type: ignore[return-value]
+
+
+def _incoming(properties: Any, body: bytes) -> bytes | DetachedMessage:
+    """A delivered body, or a `DetachedMessage` when the envelope came as a header."""
+    headers = properties.headers
+    if headers and ENVELOPE_HEADER in headers:
+        return DetachedMessage(headers[ENVELOPE_HEADER], [body])
+    return body
+
+
 class _Unconfirmed:
     """Published messages the broker has not confirmed yet, by publish number.
 
@@ -362,24 +422,24 @@ class _Unconfirmed:
     __slots__ = ("_items", "_seq", "nacked", "size")
 
     def __init__(self) -> None:
-        self._items: collections.OrderedDict[int, tuple[str, bytes]] = collections.OrderedDict()
+        self._items: collections.OrderedDict[int, tuple[str, _Outgoing]] = collections.OrderedDict()
         self._seq = 0
         self.size = 0
-        self.nacked: list[tuple[str, bytes]] = []
+        self.nacked: list[tuple[str, _Outgoing]] = []
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def add(self, name: str, body: bytes) -> None:
+    def add(self, name: str, body: _Outgoing) -> None:
         """Record the next publish on the channel."""
         self._seq += 1
         self._items[self._seq] = (name, body)
-        self.size += len(body)
+        self.size += _size(body)
 
     def settle(self, tag: int, *, multiple: bool, ok: bool) -> int:
         """Apply a Basic.Ack (`ok`) or Basic.Nack; return how many it settled."""
         items = self._items
-        settled: list[tuple[str, bytes]] = []
+        settled: list[tuple[str, _Outgoing]] = []
         if multiple:
             while items:
                 first = next(iter(items))
@@ -391,7 +451,7 @@ class _Unconfirmed:
             if entry is not None:
                 settled.append(entry)
         for entry in settled:
-            self.size -= len(entry[1])
+            self.size -= _size(entry[1])
         if not ok:
             self.nacked.extend(settled)
         return len(settled)
@@ -400,16 +460,16 @@ class _Unconfirmed:
         """Whether more than `count` messages or `size` bytes wait (or any was nacked)."""
         return len(self._items) > count or self.size > size or bool(self.nacked)
 
-    def take_nacked(self) -> list[tuple[str, bytes]]:
+    def take_nacked(self) -> list[tuple[str, _Outgoing]]:
         """Remove and return the nacked messages, to publish again."""
         nacked, self.nacked = self.nacked, []
         return nacked
 
-    def put_back(self, entries: list[tuple[str, bytes]]) -> None:
+    def put_back(self, entries: list[tuple[str, _Outgoing]]) -> None:
         """Keep `entries` (taken, but not published again) for the next `take_all`."""
         self.nacked.extend(entries)
 
-    def take_all(self) -> list[tuple[str, bytes]]:
+    def take_all(self) -> list[tuple[str, _Outgoing]]:
         """Remove and return every unsettled message; numbering starts over.
 
         Unconfirmed ones come first, in publish order, then nacked ones.
@@ -637,6 +697,9 @@ class RabbitMQPublisher(ClosingContext):
         ConnectionError,
     )
 
+    detach_threshold: int = DETACH_THRESHOLD
+    """A stream producer sends objects this large or larger detached (`send_detached`)."""
+
     def __init__(
         self,
         parameters: pika.ConnectionParameters | None = None,
@@ -725,17 +788,14 @@ class RabbitMQPublisher(ClosingContext):
     def _on_unblocked(self, connection: Any, frame: Any) -> None:
         logger.info("%s unblocked this publisher", self._broker)
 
-    def _publish(self, name: str, body: bytes) -> None:
+    def _publish(self, name: str, body: _Outgoing) -> None:
         # Recorded first: if anything below fails, the channel is gone, and
         # the message is sent again on the next one (numbering starts over).
         if self._confirm:
             self._unconfirmed.add(name, body)
         if name not in self._declared:
             self._declare(name)
-        if self._mode == "fanout":
-            self._channel.basic_publish(name, "", body)
-        else:
-            self._channel.basic_publish("", name, body, self._properties)
+        _publish_on(self._channel, self._mode, name, body, self._properties)
 
     def send(self, topic: str, message: bytes) -> None:
         """Publish `message` to `topic`.
@@ -757,7 +817,21 @@ class RabbitMQPublisher(ClosingContext):
         _check_message(message, self._max_size)
         if self._closed:
             raise PublisherClosedError("RabbitMQPublisher is closed")
-        body = bytes(message)
+        self._send(name, bytes(message))
+
+    def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
+        """Publish a `DetachedMessage`: the object's data as the body, the envelope as a header.
+
+        Raises as `send`.
+        """
+        name = _name(self._prefix, topic)
+        body = joined(frames)
+        _check_message_size(len(body) + len(message), self._max_size)
+        if self._closed:
+            raise PublisherClosedError("RabbitMQPublisher is closed")
+        self._send(name, _Detached(body, message))
+
+    def _send(self, name: str, body: _Outgoing) -> None:
         self._ensure_link()
         try:
             self._sends += 1
@@ -833,7 +907,7 @@ class RabbitMQPublisher(ClosingContext):
         time.sleep(self._nacks.next_delay(len(self._unconfirmed.nacked), time.monotonic()))
         self._publish_again(self._unconfirmed.take_nacked())
 
-    def _publish_again(self, entries: list[tuple[str, bytes]]) -> None:
+    def _publish_again(self, entries: list[tuple[str, _Outgoing]]) -> None:
         """Publish `entries`; on failure keep the rest for the next channel."""
         for index, (name, body) in enumerate(entries):
             try:
@@ -891,7 +965,7 @@ class RabbitMQPublisher(ClosingContext):
             raise PublisherClosedError("RabbitMQPublisher is closed")
         _close_quietly(self._connection)
         self._connection = self._channel = None
-        entries: list[tuple[str, bytes]] = []
+        entries: list[tuple[str, _Outgoing]] = []
         done = 0
         try:
             self._open(pika.BlockingConnection(self._params))
@@ -975,7 +1049,7 @@ class RabbitMQSubscriber(ClosingContext):
         self._retry = _check_retry(retry)
         self._params = _parameters(parameters, url, host, port)
         self._broker = _describe(self._params)
-        self._buffer: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._buffer: collections.deque[tuple[int, bytes | DetachedMessage]] = collections.deque()
         self._last_tag: int | None = None
         self._closed = False
         self._torn_down = False
@@ -1011,7 +1085,7 @@ class RabbitMQSubscriber(ClosingContext):
             channel.basic_consume(name, self._on_message, auto_ack=False)
 
     def _on_message(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
-        self._buffer.append((method.delivery_tag, body))
+        self._buffer.append((method.delivery_tag, _incoming(props, body)))
 
     def __iter__(self) -> Iterator[bytes]:
         """Yield messages until the subscriber is closed."""
@@ -1038,6 +1112,14 @@ class RabbitMQSubscriber(ClosingContext):
             BrokerConnectionError: If the connection was lost and could not
                 be restored within the retry deadline.
         """
+        return _joined(self.receive_detached(timeout), self._names)
+
+    def receive_detached(self, timeout: float | None = None) -> bytes | DetachedMessage:
+        """Return the next message as it came: bytes, or a `DetachedMessage`.
+
+        The stream consumer uses this, so a detached object's body becomes
+        its data without a copy. Raises as `receive`.
+        """
         with self._busy:
             try:
                 return self._receive(timeout)
@@ -1045,7 +1127,7 @@ class RabbitMQSubscriber(ClosingContext):
                 if self._closed:
                     self._teardown()
 
-    def _receive(self, timeout: float | None) -> bytes:
+    def _receive(self, timeout: float | None) -> bytes | DetachedMessage:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._closed:
             try:
@@ -1286,6 +1368,9 @@ class AsyncRabbitMQPublisher(AsyncOpeningContext):
 
     connection_errors = RabbitMQPublisher.connection_errors
 
+    detach_threshold: int = DETACH_THRESHOLD
+    """A stream producer sends objects this large or larger detached (`send_detached`)."""
+
     def __init__(
         self,
         parameters: pika.ConnectionParameters | None = None,
@@ -1405,14 +1490,11 @@ class AsyncRabbitMQPublisher(AsyncOpeningContext):
     def _on_unblocked(self, connection: Any, frame: Any) -> None:
         logger.info("%s unblocked this publisher", self._broker)
 
-    def _publish(self, link: _AsyncLink, name: str, body: bytes) -> None:
+    def _publish(self, link: _AsyncLink, name: str, body: _Outgoing) -> None:
         # Recorded first (see RabbitMQPublisher._publish). In fan-out mode
         # without `confirm` the record only counts what is in flight.
         self._unconfirmed.add(name, body)
-        if self._mode == "fanout":
-            link.channel.basic_publish(name, "", body)
-        else:
-            link.channel.basic_publish("", name, body, self._properties)
+        _publish_on(link.channel, self._mode, name, body, self._properties)
 
     async def send(self, topic: str, message: bytes) -> None:
         """Publish `message` to `topic` (see `RabbitMQPublisher.send`).
@@ -1431,7 +1513,18 @@ class AsyncRabbitMQPublisher(AsyncOpeningContext):
         _check_message(message, self._max_size)
         if self._closed:
             raise PublisherClosedError("AsyncRabbitMQPublisher is closed")
-        body = bytes(message)
+        await self._send(name, bytes(message))
+
+    async def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
+        """Publish a `DetachedMessage` (see `RabbitMQPublisher.send_detached`)."""
+        name = _name(self._prefix, topic)
+        body = joined(frames)
+        _check_message_size(len(body) + len(message), self._max_size)
+        if self._closed:
+            raise PublisherClosedError("AsyncRabbitMQPublisher is closed")
+        await self._send(name, _Detached(body, message))
+
+    async def _send(self, name: str, body: _Outgoing) -> None:
         link = self._link
         if link is None or link.lost.done() or name not in self._declared:
             link = await self._ready(name)
@@ -1447,7 +1540,7 @@ class AsyncRabbitMQPublisher(AsyncOpeningContext):
             await self._wait_confirms(_CONFIRM_WINDOW // 2, _CONFIRM_WINDOW_BYTES // 2)
             self._unyielded = 0
             return
-        self._unyielded += len(body) + _YIELD_BYTES // _YIELD_MESSAGES
+        self._unyielded += _size(body) + _YIELD_BYTES // _YIELD_MESSAGES
         if self._unyielded >= _YIELD_BYTES:
             self._unyielded = 0
             await asyncio.sleep(0)
@@ -1677,7 +1770,9 @@ class AsyncRabbitMQSubscriber(AsyncOpeningContext):
         # connection lost" and wakes a waiting receive. Items of an older
         # generation came through a lost channel and are dropped: the broker
         # redelivers them.
-        self._inbox: asyncio.Queue[tuple[int, int, bytes | None]] = asyncio.Queue()
+        self._inbox: asyncio.Queue[tuple[int, int, bytes | DetachedMessage | None]] = (
+            asyncio.Queue()
+        )
         self._generation = 0
         self._last_tag: int | None = None
         self._link: _AsyncLink | None = None
@@ -1776,7 +1871,7 @@ class AsyncRabbitMQSubscriber(AsyncOpeningContext):
         properties: Any,
         body: bytes,
     ) -> None:
-        self._inbox.put_nowait((generation, method.delivery_tag, body))
+        self._inbox.put_nowait((generation, method.delivery_tag, _incoming(properties, body)))
 
     def _on_lost(self, generation: int, exc: BaseException) -> None:
         if generation == self._generation:
@@ -1793,6 +1888,10 @@ class AsyncRabbitMQSubscriber(AsyncOpeningContext):
 
     async def receive(self, timeout: float | None = None) -> bytes:
         """Return the next message (see `RabbitMQSubscriber.receive`)."""
+        return _joined(await self.receive_detached(timeout), self._names)
+
+    async def receive_detached(self, timeout: float | None = None) -> bytes | DetachedMessage:
+        """Return the next message as it came (see `RabbitMQSubscriber.receive_detached`)."""
         if self._closed:
             raise SubscriberClosedError("AsyncRabbitMQSubscriber is closed")
         await self.open()
