@@ -188,21 +188,24 @@ class CommandPublisher(ClosingContext):
         """
         check_topic(topic)
         check_message(message)
+        self._send_command(topic, self._arguments(topic, message))
+
+    def _send_command(self, topic: str, arguments: tuple[Any, ...]) -> None:
+        """Send one command about `topic` (its last argument may be large)."""
         try:
-            self._send_once(topic, message)
+            self._send_once(arguments)
             return
         except Exception as exc:
             failure = exc
         with map_errors(ERRORS, broker=self._broker), wrong_type([topic], self.key_type):
             self._retry.call(
-                replaying(failure, partial(self._send_once, topic, message)),
+                replaying(failure, partial(self._send_once, arguments)),
                 retry_on=CONNECTION_ERRORS,
                 broker=self._broker,
                 on_retry=partial(stop_if_fatal, broker=self._broker),
             )
 
-    def _send_once(self, topic: str, message: bytes) -> None:
-        arguments = self._arguments(topic, message)
+    def _send_once(self, arguments: tuple[Any, ...]) -> None:
         with self._lock:
             if self._closed:
                 raise PublisherClosedError(f"{type(self).__name__} is closed")
@@ -324,8 +327,12 @@ class AsyncCommandPublisher(AsyncClosingContext):
         check_message(message)
         if type(message) is not bytes and not memoryview(message).readonly:
             message = bytes(message)  # kept until acknowledged: the caller may reuse it
-        item = _Message(topic, pack(self._connection, self._arguments(topic, message)), 0)
-        item.size = len(message) if type(message) is bytes else memoryview(message).nbytes
+        size = len(message) if type(message) is bytes else memoryview(message).nbytes
+        await self._send_command(topic, self._arguments(topic, message), size)
+
+    async def _send_command(self, topic: str, arguments: tuple[Any, ...], size: int) -> None:
+        """Send one command about `topic` carrying `size` bytes (its last argument may be large)."""
+        item = _Message(topic, pack(self._connection, arguments), size)
         # A send whose replies had all arrived never waits: give the other
         # tasks (often a subscriber on this loop) a turn now and then.
         if self._fair.due(item.size):

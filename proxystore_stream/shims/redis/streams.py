@@ -74,6 +74,8 @@ from typing import cast
 
 from proxystore_stream._context import AsyncOpeningContext
 from proxystore_stream._context import ClosingContext
+from proxystore_stream._core.detached import attach
+from proxystore_stream._core.detached import joined
 from proxystore_stream.exceptions import require
 
 try:
@@ -84,6 +86,7 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess test
 
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
+from proxystore_stream.protocols import DetachedMessage
 from proxystore_stream.retry import RetryPolicy
 from proxystore_stream.shims._errors import map_errors
 from proxystore_stream.shims.redis._common import CONNECTION_ERRORS
@@ -94,6 +97,7 @@ from proxystore_stream.shims.redis._common import broker_name
 from proxystore_stream.shims.redis._common import check_name
 from proxystore_stream.shims.redis._common import check_replies
 from proxystore_stream.shims.redis._common import check_retry
+from proxystore_stream.shims.redis._common import check_topic
 from proxystore_stream.shims.redis._common import client_kwargs
 from proxystore_stream.shims.redis._common import default_consumer
 from proxystore_stream.shims.redis._common import own_connection
@@ -119,11 +123,15 @@ __all__ = [
 # Replies are parsed in either shape, so protocol=3 works too.
 PROTOCOL = 2
 FIELD = b"data"
+OBJECT_FIELD = b"object"
+"""The field holding a detached message's object (its envelope is in `FIELD`)."""
+DETACH_THRESHOLD = 64 * 1024
+"""Objects of at least this many bytes are stored in an entry field of their own."""
 DEFAULT_PREFETCH = 16
 
 T = TypeVar("T")
 
-Entry = tuple[str, bytes, bytes]
+Entry = tuple[str, bytes, "bytes | DetachedMessage"]
 """(stream, entry id, message) of an entry read from Redis."""
 
 
@@ -158,16 +166,31 @@ def _stream_replies(reply: Any) -> list[tuple[str, list[Any]]]:
     return [(_text(name), entries or []) for name, entries in reply]
 
 
-def _data(fields: Any) -> bytes | None:
-    """The message in a raw entry's fields (flat list, or map), or None if deleted."""
+def _data(fields: Any) -> bytes | DetachedMessage | None:
+    """The message in a raw entry's fields (flat list, or map), or None if deleted.
+
+    An entry with an `OBJECT_FIELD` holds a detached message.
+    """
     if not fields:
         return None
-    if isinstance(fields, dict):
-        return cast(bytes | None, fields.get(FIELD))
-    for i in range(0, len(fields) - 1, 2):
-        if fields[i] == FIELD:
-            return cast(bytes, fields[i + 1])
-    return None
+    if not isinstance(fields, dict):
+        if len(fields) == 2:  # the common case: one field
+            return cast(bytes, fields[1]) if fields[0] == FIELD else None
+        fields = dict(zip(fields[::2], fields[1::2], strict=False))
+    data = fields.get(FIELD)
+    if data is None:
+        return None
+    body = fields.get(OBJECT_FIELD)
+    if body is not None:
+        return DetachedMessage(data, [body])
+    return cast(bytes, data)
+
+
+def _joined(message: bytes | DetachedMessage, topics: list[str]) -> bytes:
+    """`message` as one envelope (a detached message's object attached)."""
+    if type(message) is DetachedMessage:
+        return attach(*message, topic=", ".join(topics))
+    return message  # type: ignore[return-value]
 
 
 def _is_busygroup(exc: Exception) -> bool:
@@ -276,7 +299,7 @@ class _GroupReader:
         """Take the next buffered entry (call `hand` once it is returned)."""
         return self.buffer.popleft() if self.buffer else None
 
-    def hand(self, entry: Entry) -> bytes:
+    def hand(self, entry: Entry) -> bytes | DetachedMessage:
         """Record an entry as handed to the caller and return its message."""
         self.handed[(entry[0], entry[1])] = None
         return entry[2]
@@ -378,6 +401,9 @@ class RedisStreamPublisher(CommandPublisher):
     key_type = None
     protocol = PROTOCOL
 
+    detach_threshold: int = DETACH_THRESHOLD
+    """A stream producer sends objects this large or larger detached (`send_detached`)."""
+
     def __init__(
         self,
         hostname: str,
@@ -422,6 +448,17 @@ class RedisStreamPublisher(CommandPublisher):
 
     def _arguments(self, topic: str, message: bytes) -> tuple[Any, ...]:
         return ("XADD", topic, *self._trim, "*", FIELD, message)
+
+    def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
+        """Append a `DetachedMessage`: one entry, envelope and object in fields of their own.
+
+        The object (the last argument) is written without a copy. Raises as `send`.
+        """
+        check_topic(topic)
+        body = joined(frames)
+        self._send_command(
+            topic, ("XADD", topic, *self._trim, "*", FIELD, message, OBJECT_FIELD, body)
+        )
 
     def send(self, topic: str, message: bytes) -> None:
         """Append a message to the stream `topic`, reconnecting under the retry policy.
@@ -592,13 +629,18 @@ class RedisStreamSubscriber(ClosingContext):
         """Acknowledge the previous message and return the next one.
 
         Waits `timeout` seconds at most for a message; while Redis is away
-        it keeps reconnecting until the retry policy's deadline instead.
+        it keeps reconnecting until the retry policy's deadline instead. A
+        detached message is returned joined into one envelope (a copy).
 
         Raises:
             StreamTimeoutError: If no message arrived in time.
             SubscriberClosedError: If the subscriber is (or gets) closed.
             BrokerConnectionError: If Redis stays unreachable past the deadline.
         """
+        return _joined(self.receive_detached(timeout), self._reader.topics)
+
+    def receive_detached(self, timeout: float | None = None) -> bytes | DetachedMessage:
+        """`receive`, with a detached message as it came (the stream consumer's call)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         reader = self._reader
         with self._lock:
@@ -674,6 +716,9 @@ class AsyncRedisStreamPublisher(AsyncCommandPublisher):
     key_type = None
     protocol = PROTOCOL
 
+    detach_threshold: int = DETACH_THRESHOLD
+    """A stream producer sends objects this large or larger detached (`send_detached`)."""
+
     def __init__(
         self,
         hostname: str,
@@ -710,6 +755,13 @@ class AsyncRedisStreamPublisher(AsyncCommandPublisher):
 
     def _arguments(self, topic: str, message: bytes) -> tuple[Any, ...]:
         return ("XADD", topic, *self._trim, "*", FIELD, message)
+
+    async def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
+        """Append a `DetachedMessage` (see `RedisStreamPublisher.send_detached`)."""
+        check_topic(topic)
+        body = joined(frames)
+        arguments = ("XADD", topic, *self._trim, "*", FIELD, message, OBJECT_FIELD, body)
+        await self._send_command(topic, arguments, len(body) + len(message))
 
     async def send(self, topic: str, message: bytes) -> None:
         """Append a message to the stream (see `RedisStreamPublisher.send`)."""
@@ -899,6 +951,10 @@ class AsyncRedisStreamSubscriber(AsyncOpeningContext):
 
         See `RedisStreamSubscriber.receive`.
         """
+        return _joined(await self.receive_detached(timeout), self._reader.topics)
+
+    async def receive_detached(self, timeout: float | None = None) -> bytes | DetachedMessage:
+        """`receive`, with a detached message as it came (the stream consumer's call)."""
         if self._closed:
             raise SubscriberClosedError("AsyncRedisStreamSubscriber is closed")
         await self.open()

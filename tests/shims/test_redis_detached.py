@@ -1,0 +1,125 @@
+"""Large objects in Redis Streams: envelope and object in entry fields of their own."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from proxystore_stream import AsyncStreamConsumer
+from proxystore_stream import AsyncStreamProducer
+from proxystore_stream import StreamConsumer
+from proxystore_stream import StreamProducer
+from proxystore_stream._core.envelope import decode_wire
+from proxystore_stream.exceptions import MalformedMessageError
+from proxystore_stream.protocols import DetachedMessage
+from tests.conftest import require_broker
+
+redis = pytest.importorskip("redis")
+
+from proxystore_stream.shims.redis import AsyncRedisStreamPublisher  # noqa: E402
+from proxystore_stream.shims.redis import AsyncRedisStreamSubscriber  # noqa: E402
+from proxystore_stream.shims.redis import RedisStreamPublisher  # noqa: E402
+from proxystore_stream.shims.redis import RedisStreamSubscriber  # noqa: E402
+from proxystore_stream.shims.redis.streams import DETACH_THRESHOLD  # noqa: E402
+from proxystore_stream.shims.redis.streams import FIELD  # noqa: E402
+from proxystore_stream.shims.redis.streams import OBJECT_FIELD  # noqa: E402
+
+HOST, PORT = "127.0.0.1", 6379
+OBJECTS: list[tuple[Any, dict[str, Any] | None, bool]] = [
+    # (object, metadata, travels detached)
+    (b"x" * (1 << 20), None, True),
+    (b"y" * DETACH_THRESHOLD, {"i": 1}, True),
+    (b"z" * (DETACH_THRESHOLD - 1), None, False),
+    (bytearray(b"b" * 100_000), {"i": 3}, True),
+    (b"small", None, False),
+]
+
+
+@pytest.fixture
+def raw() -> Iterator[Any]:
+    require_broker("Redis", HOST, PORT)
+    client = redis.Redis(HOST, PORT)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def topic(raw: Any) -> Iterator[str]:
+    made = f"pss-test-{uuid.uuid4().hex[:12]}"
+    yield made
+    raw.delete(made)
+
+
+def test_large_objects_get_a_field_of_their_own(raw: Any, topic: str) -> None:
+    with (
+        RedisStreamPublisher(HOST, PORT) as pub,
+        RedisStreamSubscriber(HOST, PORT, topic, group="consumer") as consumer_side,
+        RedisStreamSubscriber(HOST, PORT, topic, group="raw") as raw_side,
+    ):
+        producer: StreamProducer[Any] = StreamProducer(pub)
+        for obj, metadata, _ in OBJECTS:
+            producer.send(topic, obj, metadata=metadata)
+        producer.close(topics=[topic], publisher=False)
+        consumer: StreamConsumer[Any] = StreamConsumer(consumer_side, timeout=10)
+        got = list(consumer.iter_with_metadata())
+        assert [obj for _, obj in got] == [obj for obj, _, _ in OBJECTS]
+        assert [type(obj) for _, obj in got] == [type(obj) for obj, _, _ in OBJECTS]
+        assert [m for m, _ in got] == [m or {} for _, m, _ in OBJECTS]
+        messages = [raw_side.receive_detached(10) for _ in range(len(OBJECTS) + 1)]
+        assert [type(m) is DetachedMessage for m in messages] == [
+            detached for _, _, detached in OBJECTS
+        ] + [False]
+    entries = raw.xrange(topic)
+    assert set(entries[0][1]) == {FIELD, OBJECT_FIELD}
+    assert entries[0][1][OBJECT_FIELD] == b"x" * (1 << 20)
+    assert set(entries[2][1]) == {FIELD}
+
+
+def test_a_plain_receive_joins_the_fields(topic: str) -> None:
+    with (
+        RedisStreamPublisher(HOST, PORT) as pub,
+        RedisStreamSubscriber(HOST, PORT, topic, group="g") as sub,
+    ):
+        producer: StreamProducer[bytes] = StreamProducer(pub)
+        producer.send(topic, b"q" * (1 << 20), metadata={"m": 1})
+        wire = decode_wire(sub.receive(10))
+        assert wire.events == [[0, b"q" * (1 << 20), {"m": 1}]]
+
+
+def test_an_object_field_beside_a_foreign_message_is_malformed(raw: Any, topic: str) -> None:
+    with RedisStreamSubscriber(HOST, PORT, topic, group="g") as sub:
+        raw.xadd(topic, {FIELD: b"not an envelope", OBJECT_FIELD: b"object"})
+        with pytest.raises(MalformedMessageError) as error:
+            sub.receive(10)
+        assert error.value.topic == topic
+        raw.xadd(topic, {FIELD: b"plain"})
+        assert sub.receive(10) == b"plain"  # the bad entry did not block the stream
+
+
+def test_async_twins_detach_and_join_the_same_way(topic: str) -> None:
+    async def main() -> tuple[list[Any], bytes]:
+        pub = AsyncRedisStreamPublisher(HOST, PORT)
+        sub = AsyncRedisStreamSubscriber(HOST, PORT, topic, group="g")
+        try:
+            await sub.open()
+            producer: AsyncStreamProducer[Any] = AsyncStreamProducer(pub)
+            for obj, metadata, _ in OBJECTS:
+                await producer.send(topic, obj, metadata=metadata)
+            await producer.close(topics=[topic], publisher=False)
+            consumer: AsyncStreamConsumer[Any] = AsyncStreamConsumer(sub, timeout=10)
+            got = [obj async for obj in consumer]
+            late: AsyncStreamProducer[bytes] = AsyncStreamProducer(pub)
+            await late.send(topic, b"j" * (1 << 20))
+            await late.flush()
+            return got, await sub.receive(10)
+        finally:
+            await sub.close()
+            await pub.close()
+
+    got, joined = asyncio.run(main())
+    assert got == [obj for obj, _, _ in OBJECTS]
+    assert decode_wire(joined).events[0][1] == b"j" * (1 << 20)
