@@ -656,8 +656,13 @@ class ZeroMQSubscriber(ClosingContext):
         The stream consumer uses this, so a detached object's frame becomes
         its data without a copy. Raises as `receive`.
         """
-        deadline = _deadline(timeout)
         with self._lock:
+            if not self._closed and (timeout is None or timeout >= 0):
+                # A message already queued is returned without a deadline.
+                message = self._read()
+                if message is not None:
+                    return message
+            deadline = _deadline(timeout)
             while not self._closed:
                 message = self._read()
                 if message is not None:
