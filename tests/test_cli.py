@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import queue
 import subprocess
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -19,6 +21,8 @@ from proxystore_stream.cli.bench import parse_sizes
 from proxystore_stream.cli.bench import run_bench
 from proxystore_stream.cli.targets import TARGETS
 from proxystore_stream.cli.targets import inprocess
+from proxystore_stream.shims.queue import QueuePublisher
+from proxystore_stream.shims.queue import QueueSubscriber
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -187,6 +191,51 @@ def test_bench_records_a_failing_path_and_measures_the_others(
         else:
             assert result.error is None
             assert result.count == 50
+
+
+class _Twice:
+    """A subscriber that delivers every message twice (as after a rebalance)."""
+
+    def __init__(self, subscriber: QueueSubscriber) -> None:
+        self._subscriber = subscriber
+        self._again: bytes | None = None
+        self._warm = 16  # the bench's warm-up messages come once
+
+    def receive(self, timeout: float | None = None) -> bytes:
+        if self._again is not None:
+            message, self._again = self._again, None
+            return message
+        message = self._subscriber.receive(timeout)
+        if self._warm:
+            self._warm -= 1
+        else:
+            self._again = message
+        return message
+
+    def __iter__(self) -> Any:
+        return iter(self._subscriber)
+
+    def close(self) -> None:
+        self._subscriber.close()
+
+
+def test_bench_drops_duplicate_deliveries_by_event_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.ModuleType("pss_twice_target")
+
+    def open_endpoints(name: str, topic: str) -> tuple[object, object]:
+        q: queue.Queue[bytes] = queue.Queue()
+        return QueuePublisher({topic: q}), _Twice(QueueSubscriber(q))
+
+    fake.open_endpoints = open_endpoints  # type: ignore[attr-defined]
+    fake.open_bare = inprocess.open_bare  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pss_twice_target", fake)
+    monkeypatch.setitem(TARGETS, "local", "pss_twice_target")
+    config = BenchConfig(shim="local", sizes=[100], count=50, repeat=1, seconds_limit=5)
+    ours = run_bench(config, Console(file=io.StringIO()))[0]
+    assert ours.path == "ours"
+    assert ours.error is None
+    assert ours.count == 50
+    assert ours.duplicates == 50
 
 
 def test_bench_unknown_shim_lists_known_ones() -> None:
