@@ -138,6 +138,8 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
+# pyzmq keeps the copy threshold in a C int.
+_MAX_COPY_THRESHOLD = 2**31 - 1
 
 
 # Module-private pure helpers shared by the sync and async twins.
@@ -427,6 +429,10 @@ class ZeroMQPublisher(ClosingContext):
             self._socket.copy_threshold = zero_copy_threshold
             self.endpoint = _open(self._socket, endpoint, bind=bind, options=settings)
         except BaseException:
+            # A socket left open would make term() wait for it forever.
+            socket = getattr(self, "_socket", None)
+            if socket is not None and not socket.closed:
+                socket.close(linger=0)
             if self._own_context:
                 self._context.term()
             raise
@@ -552,9 +558,13 @@ def _publisher_options(
 ) -> list[tuple[int, Any]]:
     if not isinstance(linger, int | float) or linger < 0:
         raise ValueError(f"linger must be a number of seconds >= 0, not {linger!r}")
-    if not isinstance(zero_copy_threshold, int) or zero_copy_threshold < 0:
+    if (
+        not isinstance(zero_copy_threshold, int)
+        or not 0 <= zero_copy_threshold <= _MAX_COPY_THRESHOLD
+    ):
         raise ValueError(
-            f"zero_copy_threshold must be an int >= 0, not {zero_copy_threshold!r}",
+            f"zero_copy_threshold must be an int from 0 to {_MAX_COPY_THRESHOLD}, "
+            f"not {zero_copy_threshold!r}",
         )
     return [
         (zmq.SNDHWM, _hwm("sndhwm", sndhwm)),
@@ -712,6 +722,10 @@ class AsyncZeroMQPublisher(AsyncClosingContext):
             self._socket.copy_threshold = zero_copy_threshold
             self.endpoint = _open(self._socket, endpoint, bind=bind, options=settings)
         except BaseException:
+            # A socket left open would make term() wait for it forever.
+            socket = getattr(self, "_socket", None)
+            if socket is not None and not socket.closed:
+                socket.close(linger=0)
             if self._own_context:
                 self._context.term()
             raise

@@ -12,10 +12,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import zmq
 
+import proxystore_stream.shims.zmq as zmq_shim
 from proxystore_stream.cli.targets.zmq import open_async_endpoints
 from proxystore_stream.cli.targets.zmq import open_bare
 from proxystore_stream.cli.targets.zmq import open_endpoints
@@ -70,6 +72,33 @@ def test_topic_framing_is_exact() -> None:
         assert drain(sub_ab_b) == [b"ab", b"b"]
 
 
+def test_a_socket_that_fails_its_setup_is_closed_so_the_context_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A publisher whose socket fails after it was made raises at once (no hang in term())."""
+
+    def refuse(socket: zmq.Socket[Any], *args: Any, **kwargs: Any) -> str:
+        raise zmq.ZMQError(zmq.EINVAL, "refused")
+
+    monkeypatch.setattr(zmq_shim, "_open", refuse)
+    outcome: list[BaseException] = []
+    thread = threading.Thread(
+        target=lambda: outcome.append(_raised(lambda: ZeroMQPublisher(LOCAL, 0))), daemon=True
+    )
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the constructor hung"
+    assert isinstance(outcome[0], zmq.ZMQError)
+
+
+def _raised(make: Any) -> BaseException:
+    try:
+        make()
+    except BaseException as exc:
+        return exc
+    raise AssertionError("expected an error")
+
+
 def test_bad_arguments_name_the_parameter() -> None:
     with pytest.raises(ValueError, match="port"):
         ZeroMQPublisher(LOCAL)
@@ -83,6 +112,9 @@ def test_bad_arguments_name_the_parameter() -> None:
         ZeroMQPublisher(LOCAL, 0, linger=-1)
     with pytest.raises(TypeError, match="no_such_option"):
         ZeroMQPublisher(LOCAL, 0, no_such_option=1)
+    for threshold in (-1, 2**31, 2**40):  # pyzmq keeps it in a C int
+        with pytest.raises(ValueError, match="zero_copy_threshold"):
+            ZeroMQPublisher(LOCAL, 0, zero_copy_threshold=threshold)
     with pytest.raises(ValueError, match="topic"):
         ZeroMQSubscriber(LOCAL, 1, topic=[])
     with ZeroMQPublisher(LOCAL, 0) as pub:
