@@ -29,19 +29,15 @@ from tests.shims.cases_rabbitmq import HOST
 from tests.shims.cases_rabbitmq import PORT
 from tests.shims.cases_rabbitmq import QUEUE_ARGUMENTS
 from tests.shims.cases_rabbitmq import delete_broker_objects
+from tests.shims.detached_cases import assert_delivered
+from tests.shims.detached_cases import detached_kinds
+from tests.shims.detached_cases import objects_around
 
 MODES: dict[str, dict[str, Any]] = {
     "fanout": {"host": HOST, "port": PORT, "mode": "fanout"},
     "queue": {"host": HOST, "port": PORT, "mode": "queue", "queue_arguments": QUEUE_ARGUMENTS},
 }
-OBJECTS: list[tuple[Any, dict[str, Any] | None, bool]] = [
-    # (object, metadata, travels detached)
-    (b"x" * (1 << 20), None, True),
-    (b"y" * DETACH_THRESHOLD, {"i": 1}, True),
-    (b"z" * (DETACH_THRESHOLD - 1), None, False),
-    (bytearray(b"b" * 100_000), {"i": 3}, True),
-    (b"small", None, False),
-]
+OBJECTS = objects_around(DETACH_THRESHOLD)
 
 
 @pytest.fixture
@@ -68,10 +64,7 @@ def test_large_objects_travel_as_the_body_with_the_envelope_as_a_header(
             producer.send(topic, obj, metadata=metadata)
         producer.close(topics=[topic], publisher=False)
         consumer: StreamConsumer[Any] = StreamConsumer(consumer_side, timeout=10)
-        got = list(consumer.iter_with_metadata())
-        assert [obj for _, obj in got] == [obj for obj, _, _ in OBJECTS]
-        assert [type(obj) for _, obj in got] == [type(obj) for obj, _, _ in OBJECTS]
-        assert [m for m, _ in got] == [m or {} for _, m, _ in OBJECTS]
+        assert_delivered(list(consumer.iter_with_metadata()), OBJECTS)
         if raw_side is not None:
             with raw_side:
                 # Subscribed after the sends: fan-out kept nothing for it; send again.
@@ -81,7 +74,7 @@ def test_large_objects_travel_as_the_body_with_the_envelope_as_a_header(
                 again.close(topics=[topic], publisher=False)
                 messages = [raw_side.receive_detached(10) for _ in range(len(OBJECTS) + 1)]
                 kinds = [type(m) is DetachedMessage for m in messages]
-                assert kinds == [detached for _, _, detached in OBJECTS] + [False]
+                assert kinds == detached_kinds(OBJECTS)
                 first = messages[0]
                 assert isinstance(first, DetachedMessage)
                 assert first.frames == [b"x" * (1 << 20)]

@@ -17,6 +17,9 @@ from proxystore_stream._core.envelope import decode_wire
 from proxystore_stream.exceptions import MalformedMessageError
 from proxystore_stream.protocols import DetachedMessage
 from tests.conftest import require_broker
+from tests.shims.detached_cases import assert_delivered
+from tests.shims.detached_cases import detached_kinds
+from tests.shims.detached_cases import objects_around
 
 redis = pytest.importorskip("redis")
 
@@ -29,14 +32,7 @@ from proxystore_stream.shims.redis.streams import FIELD  # noqa: E402
 from proxystore_stream.shims.redis.streams import OBJECT_FIELD  # noqa: E402
 
 HOST, PORT = "127.0.0.1", 6379
-OBJECTS: list[tuple[Any, dict[str, Any] | None, bool]] = [
-    # (object, metadata, travels detached)
-    (b"x" * (1 << 20), None, True),
-    (b"y" * DETACH_THRESHOLD, {"i": 1}, True),
-    (b"z" * (DETACH_THRESHOLD - 1), None, False),
-    (bytearray(b"b" * 100_000), {"i": 3}, True),
-    (b"small", None, False),
-]
+OBJECTS = objects_around(DETACH_THRESHOLD)
 
 
 @pytest.fixture
@@ -65,14 +61,9 @@ def test_large_objects_get_a_field_of_their_own(raw: Any, topic: str) -> None:
             producer.send(topic, obj, metadata=metadata)
         producer.close(topics=[topic], publisher=False)
         consumer: StreamConsumer[Any] = StreamConsumer(consumer_side, timeout=10)
-        got = list(consumer.iter_with_metadata())
-        assert [obj for _, obj in got] == [obj for obj, _, _ in OBJECTS]
-        assert [type(obj) for _, obj in got] == [type(obj) for obj, _, _ in OBJECTS]
-        assert [m for m, _ in got] == [m or {} for _, m, _ in OBJECTS]
+        assert_delivered(list(consumer.iter_with_metadata()), OBJECTS)
         messages = [raw_side.receive_detached(10) for _ in range(len(OBJECTS) + 1)]
-        assert [type(m) is DetachedMessage for m in messages] == [
-            detached for _, _, detached in OBJECTS
-        ] + [False]
+        assert [type(m) is DetachedMessage for m in messages] == detached_kinds(OBJECTS)
     entries = raw.xrange(topic)
     assert set(entries[0][1]) == {FIELD, OBJECT_FIELD}
     assert entries[0][1][OBJECT_FIELD] == b"x" * (1 << 20)

@@ -24,6 +24,8 @@ from proxystore_stream.shims.zmq import AsyncZeroMQPublisher
 from proxystore_stream.shims.zmq import AsyncZeroMQSubscriber
 from proxystore_stream.shims.zmq import ZeroMQPublisher
 from proxystore_stream.shims.zmq import ZeroMQSubscriber
+from tests.shims.detached_cases import assert_delivered
+from tests.shims.detached_cases import detached_kinds
 
 LOCAL = "127.0.0.1"
 BIG = DEFAULT_ZERO_COPY_THRESHOLD
@@ -62,13 +64,10 @@ def test_large_objects_travel_detached_and_arrive_whole(
             producer.send("t", obj, metadata=metadata)
         producer.close(topics=["t"], publisher=False)
     consumer: StreamConsumer[Any] = StreamConsumer(consumer_side, timeout=10)
-    got = list(consumer.iter_with_metadata())
-    assert [obj for _, obj in got] == [obj for obj, _, _ in OBJECTS]
-    assert [type(obj) for _, obj in got] == [type(obj) for obj, _, _ in OBJECTS]
-    assert [m for m, _ in got] == [m or {} for _, m, _ in OBJECTS]
+    assert_delivered(list(consumer.iter_with_metadata()), OBJECTS)
     messages = [raw_side.receive_detached(10) for _ in range(len(OBJECTS) + 1)]
     kinds = [type(m) is DetachedMessage for m in messages]
-    assert kinds == [detached for _, _, detached in OBJECTS] + [False]  # + end of stream
+    assert kinds == detached_kinds(OBJECTS)
     big = messages[1]
     assert isinstance(big, DetachedMessage)
     assert big.frames == [b"x" * (1 << 20)]
@@ -259,7 +258,7 @@ def test_async_twins_detach_and_join_the_same_way() -> None:
 
     got, kinds = asyncio.run(main())
     assert got == [obj for obj, _, _ in OBJECTS]
-    assert kinds == [detached for _, _, detached in OBJECTS] + [False]
+    assert kinds == detached_kinds(OBJECTS)
 
 
 def test_an_async_plain_receive_joins_the_frames() -> None:
