@@ -302,7 +302,13 @@ def _send_parts(
     parts: list[Any],
     flags: int,
 ) -> None:
-    """Send ``[frame, message, *parts]`` as one message; raises zmq.Again only before the first."""
+    """Send ``[frame, message, *parts]`` as one message; raises zmq.Again only before the first.
+
+    Raises:
+        ValueError: If `parts` is empty (the message would be left open).
+    """
+    if not parts:
+        raise ValueError("a detached message needs at least one frame")
     socket.send(frame, flags | _SNDMORE)
     socket.send(message, flags | _SNDMORE)
     last = len(parts) - 1
@@ -470,7 +476,7 @@ class ZeroMQPublisher(ClosingContext):
 
         `bytes` frames are sent without copying (from `zero_copy_threshold`
         on); other buffers are copied, so the caller may reuse them at once.
-        Raises as `send`.
+        Raises as `send`, and ValueError if `frames` is empty.
         """
         frame = self._frames[topic] if type(topic) is str else self._frames(topic)
         if self._closed:

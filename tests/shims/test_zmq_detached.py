@@ -296,3 +296,13 @@ def test_a_batch_holding_one_large_object_travels_detached(
     assert kinds == ["DetachedMessage"] * 3 + ["bytes", "bytes"]
     with pytest.raises(StreamTimeoutError):
         raw_side.receive_detached(0.2)
+
+
+def test_a_detached_send_without_frames_is_refused_and_sends_nothing(
+    endpoints: tuple[ZeroMQPublisher, ZeroMQSubscriber, ZeroMQSubscriber],
+) -> None:
+    pub, _, raw_side = endpoints
+    with pytest.raises(ValueError, match="at least one frame"):
+        pub.send_detached("t", b"envelope", [])
+    pub.send("t", b"next")  # the socket is not left inside an open message
+    assert raw_side.receive_detached(10) == b"next"
