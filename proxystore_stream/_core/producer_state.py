@@ -127,22 +127,30 @@ class PreparedBatch:
         Detached as `ProducerState.detach_from` allows: a batch of exactly
         one inline object of at least that many bytes.
         """
-        events = self._events
-        if (
-            self._detach_at != _NEVER
-            and len(events) == 1
-            and events[0][0] == INLINE
-            and frames_size(events[0][1]) >= self._detach_at
-        ):
-            _, frames, metadata = events[0]
-            return detach(
-                single_inline_head(self.topic, self._producer_id),
-                self._seq,
-                single_inline_tail(self._serializer),
-                frames,
-                pack_metadata(metadata),
-            )
+        alone = self._alone()
+        if alone is not None and frames_size(alone[1]) >= self._detach_at:
+            return detach(*self._single_inline_parts(alone))
         return self.message(keys)
+
+    def _alone(self) -> list[Any] | None:
+        """The event of a batch that is one inline object (its frames not joined), or None."""
+        events = self._events
+        if len(events) == 1 and events[0][0] == INLINE and type(events[0][1]) is list:
+            return events[0]
+        return None
+
+    def _single_inline_parts(
+        self, event: list[Any]
+    ) -> tuple[bytes, int, bytes, list[Buffer], bytes]:
+        """Head, sequence number, tail, frames and packed metadata of a one-object message."""
+        _, frames, metadata = event
+        return (
+            single_inline_head(self.topic, self._producer_id),
+            self._seq,
+            single_inline_tail(self._serializer),
+            frames,
+            pack_metadata(metadata),
+        )
 
     def message(self, keys: Sequence[str] = ()) -> bytes:
         """Encode the batch, given the store keys of `to_store` in order.
@@ -156,19 +164,15 @@ class PreparedBatch:
             )
         for slot, key in zip(self._key_slots, keys, strict=True):
             self._events[slot][1] = key
-        events = self._events
-        if len(events) == 1 and events[0][0] == INLINE and type(events[0][1]) is list:
+        alone = self._alone()
+        if alone is not None:
             # One object (e.g. one that filled max_batch_bytes by itself):
             # copied once, straight into the message.
-            _, frames, metadata = events[0]
             return encode_single_inline(
-                single_inline_head(self.topic, self._producer_id),
-                self._seq,
-                single_inline_tail(self._serializer),
-                frames,
-                pack_metadata(metadata),
+                *self._single_inline_parts(alone),
                 signing_key=self._signing_key,
             )
+        events = self._events
         for event in events:
             if event[0] == INLINE and type(event[1]) is list:
                 event[1] = b"".join(event[1])
