@@ -1,4 +1,4 @@
-"""Shared test configuration: broker reachability policy.
+"""Shared test configuration: broker reachability policy, and a plain Redis client.
 
 Tests that need a broker call `require_broker(...)`. On a developer's machine
 an unreachable broker skips the test with a clear reason; with
@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 REQUIRE_BROKERS = os.environ.get("PSS_REQUIRE_BROKERS", "") not in ("", "0")
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+"""The loopback Redis the tests use."""
 
 
 def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -40,3 +44,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def raw() -> Iterator[Any]:
+    """A plain redis-py client of the test Redis, to look at what the shims stored."""
+    redis = pytest.importorskip("redis")
+    require_broker("Redis", REDIS_HOST, REDIS_PORT)
+    client = redis.Redis(REDIS_HOST, REDIS_PORT)
+    yield client
+    client.close()

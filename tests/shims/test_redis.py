@@ -26,7 +26,6 @@ from proxystore_stream.retry import RetryPolicy
 from tests.conftest import REQUIRE_BROKERS
 from tests.conftest import free_port
 from tests.conftest import port_open
-from tests.conftest import require_broker
 from tests.faults.redis_server import RedisServer
 
 redis = pytest.importorskip("redis")
@@ -50,14 +49,6 @@ MiB = 1024 * 1024
 
 def name() -> str:
     return f"pss-test-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-def raw() -> Iterator[Any]:
-    require_broker("Redis", HOST, PORT)
-    client = redis.Redis(HOST, PORT)
-    yield client
-    client.close()
 
 
 @pytest.fixture

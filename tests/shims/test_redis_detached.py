@@ -16,7 +16,6 @@ from proxystore_stream import StreamProducer
 from proxystore_stream._core.envelope import decode_wire
 from proxystore_stream.exceptions import MalformedMessageError
 from proxystore_stream.protocols import DetachedMessage
-from tests.conftest import require_broker
 from tests.shims.detached_cases import assert_delivered
 from tests.shims.detached_cases import detached_kinds
 from tests.shims.detached_cases import objects_around
@@ -33,14 +32,6 @@ from proxystore_stream.shims.redis.streams import OBJECT_FIELD  # noqa: E402
 
 HOST, PORT = "127.0.0.1", 6379
 OBJECTS = objects_around(DETACH_THRESHOLD)
-
-
-@pytest.fixture
-def raw() -> Iterator[Any]:
-    require_broker("Redis", HOST, PORT)
-    client = redis.Redis(HOST, PORT)
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import pytest
 
 from proxystore_stream.exceptions import BufferFullError
 from proxystore_stream.exceptions import PublisherClosedError
-from tests.conftest import require_broker
 from tests.faults.redis_server import RedisServer
 
 redis = pytest.importorskip("redis")
@@ -36,14 +35,6 @@ BOUND = 30.0
 
 def name() -> str:
     return f"pss-pipe-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-def raw() -> Iterator[Any]:
-    require_broker("Redis", HOST, PORT)
-    client = redis.Redis(HOST, PORT)
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -13,21 +13,12 @@ import pytest
 from proxystore_stream.exceptions import BrokerConnectionError
 from proxystore_stream.exceptions import UnsafeKeyError
 from tests.conftest import free_port
-from tests.conftest import require_broker
 
 redis = pytest.importorskip("redis")
 
 from proxystore_stream.store.connectors.redis import RedisConnector  # noqa: E402
 
 HOST, PORT = "127.0.0.1", 6379
-
-
-@pytest.fixture
-def raw() -> Iterator[Any]:
-    require_broker("Redis", HOST, PORT)
-    client = redis.Redis(HOST, PORT)
-    yield client
-    client.close()
 
 
 @pytest.fixture
