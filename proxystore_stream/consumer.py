@@ -30,7 +30,6 @@ from proxystore_stream.events import StoreConfig
 from proxystore_stream.exceptions import MalformedMessageError
 from proxystore_stream.exceptions import SubscriberClosedError
 from proxystore_stream.protocols import AsyncSubscriber
-from proxystore_stream.protocols import DetachedMessage
 from proxystore_stream.protocols import Filter
 from proxystore_stream.protocols import Subscriber
 from proxystore_stream.proxy import Proxy
@@ -243,11 +242,7 @@ class StreamConsumer(_LastDelivery, ClosingContext, Generic[T]):
         while True:
             if step is NEED_MESSAGE:
                 receive = self._receive
-                message = receive(timeout) if receive else self._message(timeout)
-                if type(message) is DetachedMessage:
-                    step = state.take_detached(*message)
-                else:
-                    step = state.take(message)
+                step = state.take(receive(timeout) if receive else self._message(timeout))
                 continue
             if type(step) is InlineObject or type(step) is StoredObject:
                 self._last = step
@@ -395,11 +390,7 @@ class AsyncStreamConsumer(_LastDelivery, AsyncClosingContext, Generic[T]):
         while True:
             if step is NEED_MESSAGE:
                 receive = self._receive
-                message = await (receive(timeout) if receive else self._message(timeout))
-                if type(message) is DetachedMessage:
-                    step = state.take_detached(*message)
-                else:
-                    step = state.take(message)
+                step = state.take(await (receive(timeout) if receive else self._message(timeout)))
                 continue
             if type(step) is InlineObject or type(step) is StoredObject:
                 self._last = step

@@ -38,6 +38,7 @@ from proxystore_stream._core.envelope import unpack_body
 from proxystore_stream._core.envelope import wire_from_fields
 from proxystore_stream.events import StoreConfig
 from proxystore_stream.exceptions import MalformedMessageError
+from proxystore_stream.protocols import DetachedMessage
 from proxystore_stream.protocols import Filter
 
 
@@ -225,12 +226,17 @@ class ConsumerState:
             )
         return STREAM_END if self._ended else NEED_MESSAGE
 
-    def take(self, message: bytes) -> Step:
+    def take(self, message: bytes | DetachedMessage) -> Step:
         """`receive(message)` then `next_step()`, faster for one-inline-object messages.
+
+        A `DetachedMessage` (from a subscriber's `receive_detached`) goes to
+        `take_detached`.
 
         Raises:
             MalformedMessageError: As `receive` (unless `skip_malformed`).
         """
+        if isinstance(message, DetachedMessage):
+            return self.take_detached(*message)
         try:
             if self._pending:
                 self.receive(message, topic=self._source)
