@@ -25,7 +25,7 @@ from proxystore_stream._types import Buffer
 from proxystore_stream.exceptions import MalformedMessageError
 from proxystore_stream.protocols import DetachedMessage
 
-__all__ = ["attach", "detach", "detached_event", "joined"]
+__all__ = ["as_envelope", "attach", "detach", "detached_event", "joined"]
 
 
 def detach(
@@ -96,3 +96,16 @@ def attach(message: bytes, frames: list[Any], *, topic: str | None = None) -> by
         list(frames),
         metadata,
     )
+
+
+def as_envelope(message: bytes | DetachedMessage, *, topic: str | None = None) -> bytes:
+    """`message` as one envelope: a detached message attached, bytes as they are.
+
+    What a shim's plain `receive()` returns.
+
+    Raises:
+        MalformedMessageError: As `detached_event`.
+    """
+    if isinstance(message, DetachedMessage):
+        return attach(*message, topic=topic)
+    return message

@@ -111,7 +111,7 @@ except ImportError as e:  # pragma: no cover - exercised by the extras test
 
 from proxystore_stream._context import AsyncOpeningContext
 from proxystore_stream._context import ClosingContext
-from proxystore_stream._core.detached import attach
+from proxystore_stream._core.detached import as_envelope
 from proxystore_stream._core.detached import joined
 from proxystore_stream._offload import SLICE_SECONDS
 from proxystore_stream.exceptions import BrokerConnectionError
@@ -393,13 +393,6 @@ def _publish_on(channel: Any, mode: str, name: str, outgoing: _Outgoing, propert
         channel.basic_publish(name, "", outgoing, properties)
     else:
         channel.basic_publish("", name, outgoing, properties)
-
-
-def _joined(message: bytes | DetachedMessage, names: list[str]) -> bytes:
-    """`message` as one envelope (a detached message's body attached)."""
-    if type(message) is DetachedMessage:
-        return attach(*message, topic=", ".join(names))
-    return message  # type: ignore[return-value]
 
 
 def _incoming(properties: Any, body: bytes) -> bytes | DetachedMessage:
@@ -1112,7 +1105,7 @@ class RabbitMQSubscriber(ClosingContext):
             BrokerConnectionError: If the connection was lost and could not
                 be restored within the retry deadline.
         """
-        return _joined(self.receive_detached(timeout), self._names)
+        return as_envelope(self.receive_detached(timeout), topic=", ".join(self._names))
 
     def receive_detached(self, timeout: float | None = None) -> bytes | DetachedMessage:
         """Return the next message as it came: bytes, or a `DetachedMessage`.
@@ -1888,7 +1881,7 @@ class AsyncRabbitMQSubscriber(AsyncOpeningContext):
 
     async def receive(self, timeout: float | None = None) -> bytes:
         """Return the next message (see `RabbitMQSubscriber.receive`)."""
-        return _joined(await self.receive_detached(timeout), self._names)
+        return as_envelope(await self.receive_detached(timeout), topic=", ".join(self._names))
 
     async def receive_detached(self, timeout: float | None = None) -> bytes | DetachedMessage:
         """Return the next message as it came (see `RabbitMQSubscriber.receive_detached`)."""

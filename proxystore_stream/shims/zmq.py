@@ -76,7 +76,7 @@ from typing import Self
 
 from proxystore_stream._context import AsyncClosingContext
 from proxystore_stream._context import ClosingContext
-from proxystore_stream._core.detached import attach
+from proxystore_stream._core.detached import as_envelope
 from proxystore_stream._core.envelope import frames_size
 from proxystore_stream._fair import FairShare
 from proxystore_stream._offload import SLICE_SECONDS
@@ -283,16 +283,6 @@ class _Reader:
             f"expected 2 frames [topic + NUL, payload] (or more: a detached object), got {frames}",
             topic=_topic_name(first) if frames > 1 else None,
         )
-
-    def joined(self, message: bytes | DetachedMessage) -> bytes:
-        """`message` as one envelope: a detached message's frames attached.
-
-        Raises:
-            MalformedMessageError: If a detached message is not valid.
-        """
-        if type(message) is DetachedMessage:
-            return attach(*message, topic=self.topic)
-        return message  # type: ignore[return-value]
 
 
 def _send_parts(
@@ -664,7 +654,7 @@ class ZeroMQSubscriber(ClosingContext):
             MalformedMessageError: If a message is not ``[topic, payload]``
                 or a valid detached message.
         """
-        return self._read.joined(self.receive_detached(timeout))
+        return as_envelope(self.receive_detached(timeout), topic=self._read.topic)
 
     def receive_detached(self, timeout: float | None = None) -> bytes | DetachedMessage:
         """Return the next message as it came: bytes, or a `DetachedMessage`.
@@ -941,7 +931,7 @@ class AsyncZeroMQSubscriber(AsyncClosingContext):
 
     async def receive(self, timeout: float | None = None) -> bytes:
         """Return the next message (see `ZeroMQSubscriber.receive`)."""
-        return self._read.joined(await self.receive_detached(timeout))
+        return as_envelope(await self.receive_detached(timeout), topic=self._read.topic)
 
     async def receive_detached(self, timeout: float | None = None) -> bytes | DetachedMessage:
         """Return the next message as it came (see `ZeroMQSubscriber.receive_detached`)."""

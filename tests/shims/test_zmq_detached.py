@@ -14,6 +14,7 @@ from proxystore_stream import AsyncStreamConsumer
 from proxystore_stream import AsyncStreamProducer
 from proxystore_stream import StreamConsumer
 from proxystore_stream import StreamProducer
+from proxystore_stream._core.detached import as_envelope
 from proxystore_stream._core.envelope import decode_wire
 from proxystore_stream.exceptions import MalformedMessageError
 from proxystore_stream.exceptions import StreamTimeoutError
@@ -191,7 +192,7 @@ def test_malformed_detached_messages_raise_naming_the_topic(
     arrived = publisher.deliver(parts)
     assert type(arrived) is DetachedMessage
     with pytest.raises(MalformedMessageError) as error:
-        sub._read.joined(arrived)
+        as_envelope(arrived, topic=sub._read.topic)
     assert error.value.topic == "t"
     consumer: StreamConsumer[bytes] = StreamConsumer(sub)
     with pytest.raises(MalformedMessageError):

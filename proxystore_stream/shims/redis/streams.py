@@ -74,7 +74,7 @@ from typing import cast
 
 from proxystore_stream._context import AsyncOpeningContext
 from proxystore_stream._context import ClosingContext
-from proxystore_stream._core.detached import attach
+from proxystore_stream._core.detached import as_envelope
 from proxystore_stream._core.detached import joined
 from proxystore_stream.exceptions import require
 
@@ -184,13 +184,6 @@ def _data(fields: Any) -> bytes | DetachedMessage | None:
     if body is not None:
         return DetachedMessage(data, [body])
     return cast(bytes, data)
-
-
-def _joined(message: bytes | DetachedMessage, topics: list[str]) -> bytes:
-    """`message` as one envelope (a detached message's object attached)."""
-    if type(message) is DetachedMessage:
-        return attach(*message, topic=", ".join(topics))
-    return message  # type: ignore[return-value]
 
 
 def _is_busygroup(exc: Exception) -> bool:
@@ -637,7 +630,7 @@ class RedisStreamSubscriber(ClosingContext):
             SubscriberClosedError: If the subscriber is (or gets) closed.
             BrokerConnectionError: If Redis stays unreachable past the deadline.
         """
-        return _joined(self.receive_detached(timeout), self._reader.topics)
+        return as_envelope(self.receive_detached(timeout), topic=", ".join(self._reader.topics))
 
     def receive_detached(self, timeout: float | None = None) -> bytes | DetachedMessage:
         """`receive`, with a detached message as it came (the stream consumer's call)."""
@@ -951,7 +944,9 @@ class AsyncRedisStreamSubscriber(AsyncOpeningContext):
 
         See `RedisStreamSubscriber.receive`.
         """
-        return _joined(await self.receive_detached(timeout), self._reader.topics)
+        return as_envelope(
+            await self.receive_detached(timeout), topic=", ".join(self._reader.topics)
+        )
 
     async def receive_detached(self, timeout: float | None = None) -> bytes | DetachedMessage:
         """`receive`, with a detached message as it came (the stream consumer's call)."""
