@@ -396,6 +396,49 @@ def test_c_async_redis_down_for_good_raises_after_the_deadline(
     row(f"Redis down for good ({mode}, async)", 1, ["before"])
 
 
+@pytest.mark.parametrize("mode", ["queue", "streams"])
+def test_c_async_redis_that_stops_answering_raises_after_the_deadline(
+    server: RedisServer,
+    mode: str,
+) -> None:
+    # A stopped (SIGSTOP) server still accepts connections but never answers:
+    # the round in flight, and each reconnect's handshake, must time out.
+    retry = RetryPolicy(deadline=DEADLINE)
+    topic = topic_name()
+    io_timeout = 0.3
+
+    async def main() -> float:
+        pub, _ = async_endpoints(mode, server.port, topic, retry)
+        if mode == "queue":
+            sub: Any = shims.AsyncRedisQueueSubscriber(
+                HOST, server.port, topic, retry=retry, socket_timeout=io_timeout
+            )
+        else:
+            sub = shims.AsyncRedisStreamSubscriber(
+                HOST, server.port, topic, group="g", retry=retry, socket_timeout=io_timeout
+            )
+        await sub.open()
+        try:
+            await pub.send(topic, b"before")
+            await pub.flush()
+            assert await sub.receive(5) == b"before"
+            assert server.process is not None
+            server.process.send_signal(signal.SIGSTOP)
+            start = time.monotonic()
+            with pytest.raises(BrokerConnectionError, match="gave up"):
+                await sub.receive(30)
+            return time.monotonic() - start
+        finally:
+            assert server.process is not None
+            server.process.send_signal(signal.SIGCONT)
+            await pub.close()
+            await sub.close()
+
+    receive = asyncio.run(main())
+    assert receive < io_timeout + DEADLINE + SLACK
+    row(f"Redis stops answering ({mode}, async)", 1, ["before"])
+
+
 def test_c_a_subscriber_that_cannot_connect_raises_after_the_deadline() -> None:
     port = free_port()  # nobody listens there
     start = time.monotonic()

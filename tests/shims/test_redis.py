@@ -297,7 +297,7 @@ def test_async_queue_close_pushes_an_orphaned_pop_back(raw: Any, topic: str) -> 
             for _ in range(20):
                 with pytest.raises(StreamTimeoutError):
                     await sub.receive(0)  # leaves its BRPOP round running
-                if not sub._fetch.busy:
+                if not sub._rounds.busy:
                     continue
                 raw.lpush(topic, b"orphan")
                 deadline = time.monotonic() + 2

@@ -7,17 +7,14 @@ decides what to send.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import uuid
-from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import Any
-from typing import Generic
 from typing import TypeVar
 
 from proxystore_stream.exceptions import require
@@ -37,8 +34,6 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess test
 from proxystore_stream._offload import SLICE_SECONDS
 from proxystore_stream.exceptions import BrokerConnectionError
 from proxystore_stream.exceptions import BufferFullError
-from proxystore_stream.exceptions import StreamTimeoutError
-from proxystore_stream.exceptions import SubscriberClosedError
 from proxystore_stream.retry import RetryPolicy
 from proxystore_stream.shims._errors import ErrorMap
 
@@ -54,7 +49,6 @@ __all__ = [
     "ERRORS",
     "FATAL_ERRORS",
     "SLICE_SECONDS",
-    "PendingFetch",
     "broker_name",
     "check_message",
     "check_name",
@@ -66,7 +60,6 @@ __all__ = [
     "own_connection",
     "pack_commands",
     "roundtrip",
-    "roundtrip_async",
     "stop_if_fatal",
     "stop_if_fatal_async",
     "topic_list",
@@ -158,6 +151,8 @@ def client_kwargs(
         "protocol": protocol,
         "retry": retry_class(backoff, retries),
     }
+    if asyncio:
+        made["socket_read_size"] = 1 << 20
     made.update(kwargs)
     made["host"] = hostname
     made["port"] = port
@@ -317,36 +312,6 @@ def roundtrip(
     return check_replies(replies) if check else replies
 
 
-async def roundtrip_async(
-    connection: Any,
-    commands: Sequence[tuple[Any, ...]],
-    *,
-    check: bool = True,
-    timeout: float | None = None,
-) -> list[Any]:
-    """Async twin of `roundtrip` (a redis.asyncio connection).
-
-    Args:
-        connection: A connection of `own_connection`; best made with
-            ``socket_timeout=None`` and bounded here by `timeout` instead,
-            which spares redis.asyncio a ``wait_for`` task per write.
-        commands: As for `roundtrip`.
-        check: As for `roundtrip`.
-        timeout: Seconds the whole round trip may take (None: no bound).
-
-    Raises:
-        redis.TimeoutError: If `timeout` expired (the connection is dropped).
-    """
-    try:
-        async with asyncio.timeout(timeout):
-            await connection.send_packed_command(pack_commands(connection, commands))
-            replies = [await _read_async(connection) for _ in commands]
-    except TimeoutError as exc:
-        # Cut off mid-command: redis.asyncio already dropped the connection.
-        raise redis.exceptions.TimeoutError(f"No reply from Redis within {timeout} s") from exc
-    return check_replies(replies) if check else replies
-
-
 def pack_commands(connection: Any, commands: Sequence[tuple[Any, ...]]) -> Any:
     """Pack small commands (no large argument) for `connection.send_packed_command`.
 
@@ -361,13 +326,6 @@ def pack_commands(connection: Any, commands: Sequence[tuple[Any, ...]]) -> Any:
 def _read(connection: Any) -> Any:
     try:
         return connection.read_response()
-    except redis.ResponseError as exc:
-        return exc
-
-
-async def _read_async(connection: Any) -> Any:
-    try:
-        return await connection.read_response()
     except redis.ResponseError as exc:
         return exc
 
@@ -394,74 +352,3 @@ def check_message(message: bytes) -> None:
         raise TypeError(
             f"message must be bytes, not {type(message).__name__}",
         )
-
-
-class PendingFetch(Generic[T]):
-    """Await a fetch task that outlives a timed-out or cancelled awaiter.
-
-    `fetch` does one round of work (typically one short blocking command)
-    and returns an item or None. The task running it is never cancelled by
-    the waiting side: if the caller times out or is cancelled, the task's
-    result is handed to the next call instead, so no message is lost. Only
-    `settle` and `cancel` (used by ``close()``) take a task away; a caller
-    still waiting on it then gets `SubscriberClosedError`.
-
-    Args:
-        fetch: Coroutine function doing one round; None means "nothing yet".
-    """
-
-    def __init__(self, fetch: Callable[[], Awaitable[T | None]]) -> None:
-        self._fetch = fetch
-        self._task: asyncio.Future[T | None] | None = None
-
-    @property
-    def busy(self) -> bool:
-        """Whether a fetch is under way (its item comes before anything else)."""
-        return self._task is not None
-
-    async def __call__(self, timeout: float | None) -> T:
-        """Return the next item, waiting `timeout` seconds at most (None: forever).
-
-        Raises:
-            StreamTimeoutError: If no item arrived within `timeout`.
-            SubscriberClosedError: If the fetch was taken away by close().
-        """
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while True:
-            if self._task is None:
-                self._task = asyncio.ensure_future(self._fetch())
-            task = self._task
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            # asyncio.wait neither cancels the task on timeout nor when the
-            # awaiting coroutine is cancelled: exactly the property we need.
-            await asyncio.wait({task}, timeout=remaining)
-            if self._task is not task:
-                raise SubscriberClosedError("The subscriber was closed")
-            if not task.done():
-                raise StreamTimeoutError(f"No message within {timeout} s")
-            self._task = None
-            item = task.result()
-            if item is not None:
-                return item
-            if deadline is not None and loop.time() >= deadline:
-                raise StreamTimeoutError(f"No message within {timeout} s")
-
-    async def settle(self) -> T | None:
-        """Take a fetch under way (if any), wait for it and return its item."""
-        task, self._task = self._task, None
-        if task is None:
-            return None
-        await asyncio.wait({task})
-        if task.cancelled() or task.exception() is not None:
-            return None
-        return task.result()
-
-    async def cancel(self) -> None:
-        """Take a fetch under way (if any), cancel it and wait until it ends."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task})
-            if not task.cancelled():
-                task.exception()  # retrieved, so asyncio does not log it

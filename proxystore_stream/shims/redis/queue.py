@@ -91,7 +91,6 @@ from proxystore_stream.shims._errors import map_errors
 from proxystore_stream.shims.redis._common import CONNECTION_ERRORS
 from proxystore_stream.shims.redis._common import ERRORS
 from proxystore_stream.shims.redis._common import SLICE_SECONDS
-from proxystore_stream.shims.redis._common import PendingFetch
 from proxystore_stream.shims.redis._common import broker_name
 from proxystore_stream.shims.redis._common import check_name
 from proxystore_stream.shims.redis._common import check_replies
@@ -100,7 +99,6 @@ from proxystore_stream.shims.redis._common import client_kwargs
 from proxystore_stream.shims.redis._common import default_consumer
 from proxystore_stream.shims.redis._common import own_connection
 from proxystore_stream.shims.redis._common import roundtrip
-from proxystore_stream.shims.redis._common import roundtrip_async
 from proxystore_stream.shims.redis._common import stop_if_fatal
 from proxystore_stream.shims.redis._common import stop_if_fatal_async
 from proxystore_stream.shims.redis._common import topic_list
@@ -110,6 +108,7 @@ from proxystore_stream.shims.redis._publish import AsyncCommandPublisher
 from proxystore_stream.shims.redis._publish import CommandPublisher
 from proxystore_stream.shims.redis._publish import replaying
 from proxystore_stream.shims.redis._publish import replaying_async
+from proxystore_stream.shims.redis._rounds import AsyncRounds
 
 __all__ = [
     "AsyncRedisQueuePublisher",
@@ -245,7 +244,12 @@ class _Lists:
         return [("LRANGE", key, 0, -1) for key in self.keys]
 
     def take_sync(self, replies: list[Any]) -> None:
-        """Take the LRANGE replies: everything in them is delivered (again)."""
+        """Take the LRANGE replies: everything in them is delivered (again).
+
+        Raises:
+            redis.ResponseError: If a reply is an error.
+        """
+        check_replies(replies)
         self.lost()
         for index, messages in enumerate(replies):
             self.backlog.extend((index, m) for m in reversed(messages))
@@ -264,6 +268,50 @@ class _Lists:
     def trimmed(self, counts: list[int]) -> None:
         """Record that the trims made from `counts` reached Redis."""
         self.handed = [now - done for now, done in zip(self.handed, counts, strict=True)]
+
+    def take_trims(self, counts: list[int], replies: list[Any]) -> None:
+        """Take the replies of the trims made from `counts`.
+
+        Raises:
+            redis.ResponseError: If a reply is an error.
+        """
+        check_replies(replies)
+        self.trimmed(counts)
+
+    def take_move_round(self, counts: list[int], replies: list[Any]) -> None:
+        """Take the replies of trims (from `counts`) followed by one move.
+
+        A message moved goes to the end of `backlog`.
+
+        Raises:
+            redis.ResponseError: If a reply is an error (an OOM move is not).
+        """
+        self.take_trims(counts, replies[:-1])
+        self.take_follow(replies[-1:])
+
+    def take_follow(self, replies: list[Any]) -> None:
+        """Take the reply of one move; a message moved goes to the end of `backlog`.
+
+        Raises:
+            redis.ResponseError: If the reply is an error other than OOM.
+        """
+        taken = self.take_move(replies[0])
+        if taken is not None:
+            self.backlog.append(taken)
+
+    def take_read_ahead_round(self, counts: list[int], replies: list[Any]) -> None:
+        """Take the replies of trims (from `counts`) followed by `read_ahead_commands`.
+
+        Every message moved goes to `backlog`, oldest first.
+
+        Raises:
+            redis.ResponseError: If a reply is an error (an OOM move is not).
+        """
+        trims = sum(1 for count in counts if count)
+        self.take_trims(counts, replies[:trims])
+        taken = self.take_read_ahead(replies[trims:])
+        if taken is not None:
+            self.backlog.appendleft(taken)
 
     def _poll_command(self) -> Command:
         script = _ALLOW_OOM + _POLL if self.full else _POLL
@@ -557,35 +605,33 @@ class RedisQueueSubscriber(ClosingContext):
         if self._closed:
             raise SubscriberClosedError("RedisQueueSubscriber is closed")
         lists, connection = self._lists, self._connection
+
+        def run(commands: list[Command], take: Callable[[list[Any]], None]) -> None:
+            take(roundtrip(connection, commands, check=False))
+
         try:
             if not lists.synced:
-                lists.take_sync(roundtrip(connection, lists.sync_commands()))
+                run(lists.sync_commands(), lists.take_sync)
             trims, counts = lists.trims()
             if lists.backlog:
                 if trims and lists.acks_each():
-                    roundtrip(connection, trims)
-                    lists.trimmed(counts)
+                    run(trims, partial(lists.take_trims, counts))
                 return lists.backlog.popleft()
             if lists.reads_ahead():
                 moves = lists.read_ahead_commands(wait)
-                replies = roundtrip(connection, [*trims, *moves], check=False)
-                check_replies(replies[: len(trims)])
-                lists.trimmed(counts)
-                taken = lists.take_read_ahead(replies[len(trims) :])
+                run([*trims, *moves], partial(lists.take_read_ahead_round, counts))
             else:
-                replies = roundtrip(connection, [*trims, lists.move_command(wait)], check=False)
-                check_replies(replies[:-1])
-                lists.trimmed(counts)
-                taken = lists.take_move(replies[-1])
-            follow = None if taken is not None else lists.follow_command(wait)
-            if follow is not None:
-                taken = lists.take_move(roundtrip(connection, [follow], check=False)[0])
+                run([*trims, lists.move_command(wait)], partial(lists.take_move_round, counts))
+            if not lists.backlog and (follow := lists.follow_command(wait)) is not None:
+                run([follow], lists.take_follow)
         except BaseException:
             lists.lost()
             raise
-        if taken is None and (pause := lists.pause()):
+        if lists.backlog:
+            return lists.backlog.popleft()
+        if pause := lists.pause():
             time.sleep(min(pause, max(wait, 0.0)))
-        return taken
+        return None
 
     def ack(self) -> None:
         """Acknowledge every message handed over so far.
@@ -671,10 +717,10 @@ class AsyncRedisQueuePublisher(AsyncCommandPublisher):
 class AsyncRedisQueueSubscriber(AsyncOpeningContext):
     """Async twin of `RedisQueueSubscriber` (redis.asyncio); same arguments.
 
-    Each BLMOVE blocks for 0.1 s at most and runs in a task that a
-    timed-out or cancelled `receive` leaves running; the next call gets its
-    message. A message such a task moved is in the processing list, so
-    `close()` gives it back like any other.
+    A `receive` that times out or is cancelled while a BLMOVE (0.1 s at
+    most) is under way leaves that round trip in flight (`AsyncRounds`):
+    the next call applies its reply first, so a message it moved is handed
+    then, and `close()` gives it back otherwise, like any other.
     """
 
     connection_errors = CONNECTION_ERRORS
@@ -698,13 +744,11 @@ class AsyncRedisQueueSubscriber(AsyncOpeningContext):
         options = client_kwargs(hostname, port, kwargs, protocol=PROTOCOL, asyncio=True)
         self._broker = broker_name(hostname, port, options)
         self._closed = False
-        self._io_timeout: float | None = options.get("socket_timeout")
         self._client = redis.asyncio.Redis(**options)
         self._connection = own_connection(self._client, socket_timeout=None)
-        # Rounds and acks take turns: an ack must not trim while a round
-        # re-reads the processing lists.
+        self._rounds = AsyncRounds(self._connection, options.get("socket_timeout"))
+        # One call at a time talks to Redis: replies come in the order asked.
         self._turn = asyncio.Lock()
-        self._fetch: PendingFetch[Taken] = PendingFetch(self._next)
 
     @classmethod
     def from_url(
@@ -739,6 +783,8 @@ class AsyncRedisQueueSubscriber(AsyncOpeningContext):
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
         try:
             return await operation()
+        except StreamTimeoutError:
+            raise
         except Exception as exc:
             failure = exc
         with map_errors(ERRORS, broker=self._broker), wrong_type(self._lists.topics, "list"):
@@ -758,57 +804,8 @@ class AsyncRedisQueueSubscriber(AsyncOpeningContext):
         """
         if self._closed:
             raise SubscriberClosedError("AsyncRedisQueueSubscriber is closed")
-        await self._call(partial(self._roundtrip, [("PING",)]))
-
-    async def _roundtrip(self, commands: list[Command], *, check: bool = True) -> list[Any]:
-        return await roundtrip_async(
-            self._connection,
-            commands,
-            check=check,
-            timeout=self._io_timeout,
-        )
-
-    async def _next(self) -> Taken | None:
-        return await self._call(partial(self._round, SLICE_SECONDS))
-
-    async def _round(self, wait: float) -> Taken | None:
-        if self._closed:
-            raise SubscriberClosedError("AsyncRedisQueueSubscriber is closed")
-        lists = self._lists
         async with self._turn:
-            try:
-                if not lists.synced:
-                    lists.take_sync(await self._roundtrip(lists.sync_commands()))
-                trims, counts = lists.trims()
-                if lists.backlog:
-                    if trims and lists.acks_each():
-                        await self._roundtrip(trims)
-                        lists.trimmed(counts)
-                    return lists.backlog.popleft()
-                if lists.reads_ahead():
-                    moves = lists.read_ahead_commands(wait)
-                    replies = await self._roundtrip([*trims, *moves], check=False)
-                    check_replies(replies[: len(trims)])
-                    lists.trimmed(counts)
-                    taken = lists.take_read_ahead(replies[len(trims) :])
-                else:
-                    replies = await self._roundtrip(
-                        [*trims, lists.move_command(wait)],
-                        check=False,
-                    )
-                    check_replies(replies[:-1])
-                    lists.trimmed(counts)
-                    taken = lists.take_move(replies[-1])
-                follow = None if taken is not None else lists.follow_command(wait)
-                if follow is not None:
-                    reply = await self._roundtrip([follow], check=False)
-                    taken = lists.take_move(reply[0])
-            except BaseException:
-                lists.lost()
-                raise
-        if taken is None and (pause := lists.pause()):
-            await asyncio.sleep(min(pause, wait))
-        return taken
+            await self._call(partial(self._rounds.run, [("PING",)], check_replies))
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         """Yield messages until the subscriber is closed."""
@@ -823,46 +820,92 @@ class AsyncRedisQueueSubscriber(AsyncOpeningContext):
 
         See `RedisQueueSubscriber.receive`.
         """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        async with self._turn:
+            while True:
+                taken = await self._call(partial(self._round, SLICE_SECONDS, deadline))
+                if taken is not None:
+                    if self._closed:  # close() gives it back
+                        self._lists.backlog.appendleft(taken)
+                        raise SubscriberClosedError("AsyncRedisQueueSubscriber is closed")
+                    return self._lists.hand(taken)
+                if deadline is not None and loop.time() >= deadline:
+                    raise StreamTimeoutError(f"No message within {timeout} s")
+
+    async def _round(self, wait: float, deadline: float | None) -> Taken | None:
+        """`RedisQueueSubscriber._round` on `AsyncRounds` (a round cut off stays in flight)."""
         if self._closed:
             raise SubscriberClosedError("AsyncRedisQueueSubscriber is closed")
-        return self._lists.hand(await self._fetch(timeout))
+        lists = self._lists
+        run = partial(self._rounds.run, block=wait, deadline=deadline)
+        try:
+            await self._rounds.finish(deadline)
+            if not lists.synced:
+                await run(lists.sync_commands(), lists.take_sync)
+            trims, counts = lists.trims()
+            if lists.backlog:
+                if trims and lists.acks_each():
+                    await run(trims, partial(lists.take_trims, counts))
+                return lists.backlog.popleft()
+            if lists.reads_ahead():
+                moves = lists.read_ahead_commands(wait)
+                await run([*trims, *moves], partial(lists.take_read_ahead_round, counts))
+            else:
+                move = lists.move_command(wait)
+                await run([*trims, move], partial(lists.take_move_round, counts))
+            if not lists.backlog and (follow := lists.follow_command(wait)) is not None:
+                await run([follow], lists.take_follow)
+        except StreamTimeoutError:
+            raise  # the round stays in flight; nothing is lost
+        except Exception:
+            lists.lost()
+            raise
+        if lists.backlog:
+            return lists.backlog.popleft()
+        if pause := lists.pause():
+            await asyncio.sleep(min(pause, wait))
+        return None
 
     async def ack(self) -> None:
         """Acknowledge every message handed over so far (see `RedisQueueSubscriber.ack`)."""
-        if not self._closed:
+        if self._closed:
+            return
+        async with self._turn:
             await self._call(self._trim)
 
     async def _trim(self) -> None:
         lists = self._lists
-        async with self._turn:
+        try:
+            await self._rounds.finish()
             trims, counts = lists.trims()
-            if not trims:
-                return
-            try:
-                await self._roundtrip(trims)
-            except BaseException:
-                lists.lost()
-                raise
-            lists.trimmed(counts)
+            if trims:
+                await self._rounds.run(trims, partial(lists.take_trims, counts))
+        except Exception:
+            lists.lost()
+            raise
 
     async def close(self) -> None:
         """Close the subscriber (idempotent) and give back what it holds.
 
-        See `RedisQueueSubscriber.close`; a waiting `receive` ends.
+        See `RedisQueueSubscriber.close`; a waiting `receive` ends (within
+        the 0.1 s its BLMOVE blocks) with `SubscriberClosedError`.
         """
         if self._closed:
             return
         self._closed = True
         try:
-            # A message a round under way moved is in the processing list.
-            await self._fetch.settle()
-            trims, _ = self._lists.closing_trims()
-            if trims:
-                await self._roundtrip(trims)
-            commands = [self._lists.give_back_command()]
-            while commands:
-                reply = await self._roundtrip(commands, check=False)
-                commands = self._lists.give_back_commands(reply[0])
+            async with self._turn:
+                # A message a round in flight moved is in the processing list.
+                await self._rounds.finish()
+                trims, _ = self._lists.closing_trims()
+                if trims:
+                    await self._rounds.run(trims, check_replies)
+                commands = [self._lists.give_back_command()]
+                while commands:
+                    replies: list[Any] = []
+                    await self._rounds.run(commands, replies.extend)
+                    commands = self._lists.give_back_commands(replies[0])
         except _GIVE_BACK_ERRORS as exc:
             _kept(self._lists, exc)
         finally:

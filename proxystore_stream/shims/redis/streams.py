@@ -55,6 +55,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import deque
@@ -92,7 +93,6 @@ from proxystore_stream.shims._errors import map_errors
 from proxystore_stream.shims.redis._common import CONNECTION_ERRORS
 from proxystore_stream.shims.redis._common import ERRORS
 from proxystore_stream.shims.redis._common import SLICE_SECONDS
-from proxystore_stream.shims.redis._common import PendingFetch
 from proxystore_stream.shims.redis._common import broker_name
 from proxystore_stream.shims.redis._common import check_name
 from proxystore_stream.shims.redis._common import check_replies
@@ -102,7 +102,6 @@ from proxystore_stream.shims.redis._common import client_kwargs
 from proxystore_stream.shims.redis._common import default_consumer
 from proxystore_stream.shims.redis._common import own_connection
 from proxystore_stream.shims.redis._common import roundtrip
-from proxystore_stream.shims.redis._common import roundtrip_async
 from proxystore_stream.shims.redis._common import stop_if_fatal
 from proxystore_stream.shims.redis._common import topic_list
 from proxystore_stream.shims.redis._common import url_arguments
@@ -110,6 +109,7 @@ from proxystore_stream.shims.redis._publish import AsyncCommandPublisher
 from proxystore_stream.shims.redis._publish import CommandPublisher
 from proxystore_stream.shims.redis._publish import replaying
 from proxystore_stream.shims.redis._publish import replaying_async
+from proxystore_stream.shims.redis._rounds import AsyncRounds
 
 __all__ = [
     "AsyncRedisStreamPublisher",
@@ -223,6 +223,8 @@ class _GroupReader:
     history: dict[str, bytes | str] = field(default_factory=dict)
     claim_cursor: dict[str, bytes | str] = field(default_factory=dict)
     next_claim: float = 0.0
+    # A read found the stream or group gone: the twin creates it again.
+    missing_group: bool = False
 
     def __post_init__(self) -> None:
         self.history = dict.fromkeys(self.topics, "0")
@@ -345,6 +347,36 @@ class _GroupReader:
                 *streams.values(),
             ),
         ]
+
+    def fill_round(
+        self, group: str, consumer: str, wait: float
+    ) -> tuple[list[Command], Callable[[list[Any]], None]]:
+        """One read round trip: the XACKs due, then the reads; and what takes the replies.
+
+        Taking them fills `buffer`, or sets `missing_group` (the stream or
+        group was deleted: create it again).
+        """
+        step = self.step(time.monotonic())
+        acks, keys = self.ack_commands(group)
+        reads = self.read_commands(step, group, consumer, wait)
+
+        def take(replies: list[Any]) -> None:
+            check_replies(replies[: len(acks)])
+            self.acked(keys)
+            if not self.take_reads(step, replies[len(acks) :], time.monotonic()):
+                self.missing_group = True
+
+        return [*acks, *reads], take
+
+    def ack_round(self, group: str) -> tuple[list[Command], Callable[[list[Any]], None]]:
+        """The XACKs due (maybe none), and what takes their replies."""
+        acks, keys = self.ack_commands(group)
+
+        def take(replies: list[Any]) -> None:
+            check_replies(replies)
+            self.acked(keys)
+
+        return acks, take
 
     def take_reads(self, step: Step, replies: list[Any], now: float) -> bool:
         """Take the replies of `read_commands`; False if a group is missing (NOGROUP).
@@ -657,21 +689,16 @@ class RedisStreamSubscriber(ClosingContext):
         if self._closed:
             return
         reader = self._reader
-        step = reader.step(time.monotonic())
-        acks, keys = reader.ack_commands(self._group)
-        reads = reader.read_commands(step, self._group, self._consumer, wait)
-        replies = roundtrip(self._connection, [*acks, *reads], check=False)
-        check_replies(replies[: len(acks)])
-        reader.acked(keys)
-        if not reader.take_reads(step, replies[len(acks) :], time.monotonic()):
-            # The stream or group was deleted under us: start it again.
+        commands, take = reader.fill_round(self._group, self._consumer, wait)
+        take(roundtrip(self._connection, commands, check=False))
+        if reader.missing_group:
+            reader.missing_group = False
             self._create_groups()
 
     def _ack(self) -> None:
-        acks, keys = self._reader.ack_commands(self._group)
+        acks, take = self._reader.ack_round(self._group)
         if acks:
-            roundtrip(self._connection, acks)
-            self._reader.acked(keys)
+            take(roundtrip(self._connection, acks, check=False))
 
     def ack(self) -> None:
         """Acknowledge every message handed over so far.
@@ -765,9 +792,10 @@ class AsyncRedisStreamSubscriber(AsyncOpeningContext):
     """Async twin of `RedisStreamSubscriber` (redis.asyncio); same arguments.
 
     Construct it, then ``await subscriber.open()`` (or ``async with``) to
-    create the groups; a first `receive` opens it otherwise. Reads run in a
-    task that a timed-out or cancelled `receive` leaves running; the next
-    call gets its message (entries it read stay pending in Redis anyway).
+    create the groups; a first `receive` opens it otherwise. A `receive`
+    that times out or is cancelled while a read (0.1 s at most) is under
+    way leaves that round trip in flight (`AsyncRounds`): the next call
+    takes its entries first (they stay pending in Redis anyway).
     """
 
     connection_errors = CONNECTION_ERRORS
@@ -811,7 +839,9 @@ class AsyncRedisStreamSubscriber(AsyncOpeningContext):
         self._io_timeout: float | None = options.get("socket_timeout")
         self._client = redis.asyncio.Redis(**options)
         self._connection = own_connection(self._client, socket_timeout=None)
-        self._fetch: PendingFetch[Entry] = PendingFetch(self._next_entry)
+        self._rounds = AsyncRounds(self._connection, options.get("socket_timeout"))
+        # One call at a time talks to Redis: replies come in the order asked.
+        self._turn = asyncio.Lock()
 
     @classmethod
     def from_url(
@@ -868,6 +898,8 @@ class AsyncRedisStreamSubscriber(AsyncOpeningContext):
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
         try:
             return await operation()
+        except StreamTimeoutError:
+            raise
         except Exception as exc:
             failure = exc
         with map_errors(ERRORS, broker=self._broker):
@@ -895,41 +927,21 @@ class AsyncRedisStreamSubscriber(AsyncOpeningContext):
                 if not _is_busygroup(exc):
                     raise _group_error(topic, exc) from exc
 
-    async def _next_entry(self) -> Entry | None:
+    async def _fill(self, wait: float, deadline: float | None) -> None:
         if self._closed:
-            raise SubscriberClosedError("AsyncRedisStreamSubscriber is closed")
-        entry = self._reader.pop()
-        if entry is None:
-            await self._call(partial(self._fill, SLICE_SECONDS))
-            entry = self._reader.pop()
-        return entry
-
-    async def _fill(self, wait: float) -> None:
-        if self._closed:
-            raise SubscriberClosedError("AsyncRedisStreamSubscriber is closed")
+            return
         reader = self._reader
-        step = reader.step(time.monotonic())
-        acks, keys = reader.ack_commands(self._group)
-        reads = reader.read_commands(step, self._group, self._consumer, wait)
-        replies = await self._roundtrip([*acks, *reads], check=False)
-        check_replies(replies[: len(acks)])
-        reader.acked(keys)
-        if not reader.take_reads(step, replies[len(acks) :], time.monotonic()):
+        commands, take = reader.fill_round(self._group, self._consumer, wait)
+        await self._rounds.run(commands, take, block=wait, deadline=deadline)
+        if reader.missing_group:
+            reader.missing_group = False
             await self._create_groups()
 
-    async def _roundtrip(self, commands: list[Command], *, check: bool = True) -> list[Any]:
-        return await roundtrip_async(
-            self._connection,
-            commands,
-            check=check,
-            timeout=self._io_timeout,
-        )
-
-    async def _ack(self) -> None:
-        acks, keys = self._reader.ack_commands(self._group)
+    async def _ack(self, deadline: float | None = None) -> None:
+        await self._rounds.finish(deadline)
+        acks, take = self._reader.ack_round(self._group)
         if acks:
-            await self._roundtrip(acks)
-            self._reader.acked(keys)
+            await self._rounds.run(acks, take, deadline=deadline)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         """Yield messages until the subscriber is closed."""
@@ -953,18 +965,30 @@ class AsyncRedisStreamSubscriber(AsyncOpeningContext):
         if self._closed:
             raise SubscriberClosedError("AsyncRedisStreamSubscriber is closed")
         await self.open()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         reader = self._reader
-        if reader.buffer and not self._fetch.busy:
-            await self._call(self._ack)
-            return reader.hand(reader.buffer.popleft())
-        # A read under way (or the one started now) sends the acknowledgements.
-        return reader.hand(await self._fetch(timeout))
+        async with self._turn:
+            while not self._closed:
+                await self._call(partial(self._rounds.finish, deadline))
+                if reader.buffer:
+                    await self._call(partial(self._ack, deadline))
+                    if self._closed:
+                        break  # the entry stays pending in Redis
+                    return reader.hand(reader.buffer.popleft())
+                if deadline is not None and loop.time() >= deadline:
+                    await self._call(self._ack)
+                    raise StreamTimeoutError(f"No message within {timeout} s")
+                # The acknowledgements travel with the read.
+                await self._call(partial(self._fill, SLICE_SECONDS, deadline))
+        raise SubscriberClosedError("AsyncRedisStreamSubscriber is closed")
 
     async def ack(self) -> None:
         """Acknowledge every message handed over so far (see `RedisStreamSubscriber.ack`)."""
         if self._closed:
             return
-        await self._call(self._ack)
+        async with self._turn:
+            await self._call(self._ack)
 
     async def close(self) -> None:
         """Close the subscriber (idempotent) without acknowledging.
@@ -976,8 +1000,10 @@ class AsyncRedisStreamSubscriber(AsyncOpeningContext):
             return
         self._closed = True
         try:
-            # Whatever a read under way returns stays pending in Redis.
-            await self._fetch.settle()
+            # A receive under way ends with its round (0.1 s at most);
+            # whatever that read stays pending in Redis.
+            async with self._turn:
+                pass
         finally:
             await self._connection.disconnect()
             await self._client.aclose()
