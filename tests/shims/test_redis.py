@@ -289,6 +289,44 @@ def test_async_queue_cancelled_receive_loses_nothing(raw: Any, topic: str) -> No
     assert raw.keys(f"{topic}:*") == []
 
 
+@pytest.mark.parametrize("mode", ["queue", "stream"])
+def test_async_timed_out_receives_keep_the_connection(raw: Any, topic: str, mode: str) -> None:
+    # A receive that times out mid-round leaves the round in flight: no
+    # reconnect, and the message that round moves is the next one handed.
+    async def main() -> tuple[list[bytes], int]:
+        sub: Any
+        if mode == "queue":
+            sub = AsyncRedisQueueSubscriber(HOST, PORT, topic)
+        else:
+            sub = AsyncRedisStreamSubscriber(HOST, PORT, topic, group="g", prefetch=1)
+        await sub.open()
+
+        def send(message: bytes) -> None:
+            if mode == "queue":
+                raw.lpush(topic, message)
+            else:
+                raw.xadd(topic, {"data": message})
+
+        got = []
+        try:
+            send(b"first")  # the subscriber's own connection is open after it
+            assert await sub.receive(5) == b"first"
+            before = raw.info("stats")["total_connections_received"]
+            for i in range(10):
+                with pytest.raises(StreamTimeoutError):
+                    await sub.receive(0.01)
+                send(b"m%d" % i)
+                got.append(await sub.receive(5))
+            opened = raw.info("stats")["total_connections_received"] - before
+        finally:
+            await sub.close()
+        return got, opened
+
+    got, opened = asyncio.run(main())
+    assert got == [b"m%d" % i for i in range(10)]
+    assert opened == 0
+
+
 def test_async_queue_close_pushes_an_orphaned_pop_back(raw: Any, topic: str) -> None:
     async def main() -> bool:
         sub = AsyncRedisQueueSubscriber(HOST, PORT, topic)
