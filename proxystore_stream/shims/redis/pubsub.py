@@ -104,10 +104,13 @@ _CONFIRM = frozenset({"subscribe", "psubscribe", b"subscribe", b"psubscribe"})
 _DRAIN_COUNT = 256
 _DRAIN_BYTES = 1 << 20
 # Bytes the async subscriber's socket reader may hold (see _widen), once a
-# message larger than _LARGE arrived: asyncio's recv allocates its whole
-# read size each time, which costs small messages more than it saves.
+# message larger than _LARGE arrived or one wake-up found _WIDEN_AT bytes
+# waiting (asyncio pauses its reader at 128 KiB: the subscriber is falling
+# behind). Not before: asyncio's recv allocates its whole read size each
+# time, which costs small messages more than it saves.
 _READ_AHEAD = 4 << 20
 _LARGE = 64 * 1024
+_WIDEN_AT = 128 * 1024
 
 
 def _split(topics: list[str], pattern: bool | None) -> tuple[list[str], list[str]]:
@@ -584,11 +587,11 @@ class AsyncRedisSubscriber(AsyncOpeningContext):
         )
         while True:
             taken = _take_reply(reply, buffer)
-            if taken > _LARGE and not self._widened:
-                self._widened = True
-                _widen(connection)
             size += taken
             count += 1
+            if not self._widened and (taken > _LARGE or size >= _WIDEN_AT):
+                self._widened = True
+                _widen(connection)
             if count >= _DRAIN_COUNT or size >= _DRAIN_BYTES or not await connection.can_read():
                 return
             reply = await connection.read_response(disconnect_on_error=False, push_request=True)
