@@ -27,6 +27,7 @@ from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
 from proxystore_stream.shims.zmq import DEFAULT_HWM
 from proxystore_stream.shims.zmq import DEFAULT_ZERO_COPY_THRESHOLD
+from proxystore_stream.shims.zmq import DETACH_THRESHOLD
 from proxystore_stream.shims.zmq import AsyncZeroMQPublisher
 from proxystore_stream.shims.zmq import AsyncZeroMQSubscriber
 from proxystore_stream.shims.zmq import ZeroMQForwarder
@@ -210,6 +211,27 @@ def test_large_frames_arrive_intact_and_mutable_buffers_are_copied() -> None:
         buffer[:] = b"b" * (1 << 20)
         assert [sub.receive(10) for _ in sent] == sent
         assert sub.receive(10) == b"a" * (1 << 20)
+
+
+@pytest.mark.parametrize("threshold", [None, 1234])
+def test_zero_copy_threshold_reaches_every_sending_socket(threshold: int | None) -> None:
+    # pyzmq keeps copy_threshold per Socket object: the async publisher's
+    # direct (shadow) socket needs it set too, or pyzmq's 64 KiB applies.
+    kwargs = {} if threshold is None else {"zero_copy_threshold": threshold}
+    expected = DEFAULT_ZERO_COPY_THRESHOLD if threshold is None else threshold
+    with ZeroMQPublisher(LOCAL, 0, **kwargs) as pub:
+        assert pub._socket.copy_threshold == expected
+        assert pub.detach_threshold == DETACH_THRESHOLD
+
+    async def main() -> tuple[int, int, int]:
+        async with AsyncZeroMQPublisher(LOCAL, 0, **kwargs) as apub:
+            return (
+                apub._socket.copy_threshold,
+                apub._direct.copy_threshold,
+                apub.detach_threshold,
+            )
+
+    assert asyncio.run(main()) == (expected, expected, DETACH_THRESHOLD)
 
 
 def test_hwm_and_pass_through_options_reach_the_socket() -> None:

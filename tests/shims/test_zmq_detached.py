@@ -20,7 +20,7 @@ from proxystore_stream.exceptions import MalformedMessageError
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.filters import MetadataFilter
 from proxystore_stream.protocols import DetachedMessage
-from proxystore_stream.shims.zmq import DEFAULT_ZERO_COPY_THRESHOLD
+from proxystore_stream.shims.zmq import DETACH_THRESHOLD
 from proxystore_stream.shims.zmq import AsyncZeroMQPublisher
 from proxystore_stream.shims.zmq import AsyncZeroMQSubscriber
 from proxystore_stream.shims.zmq import ZeroMQPublisher
@@ -29,7 +29,7 @@ from tests.shims.detached_cases import assert_delivered
 from tests.shims.detached_cases import detached_kinds
 
 LOCAL = "127.0.0.1"
-BIG = DEFAULT_ZERO_COPY_THRESHOLD
+BIG = DETACH_THRESHOLD
 OBJECTS: list[tuple[Any, dict[str, Any] | None, bool]] = [
     # (object, metadata, travels detached on the direct path)
     (b"first", None, False),  # a topic's first object takes the batch path
