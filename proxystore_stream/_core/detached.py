@@ -19,13 +19,14 @@ from proxystore_stream._core.envelope import encode_single_inline
 from proxystore_stream._core.envelope import pack_metadata
 from proxystore_stream._core.envelope import single_inline_event
 from proxystore_stream._core.envelope import single_inline_head
+from proxystore_stream._core.envelope import single_inline_parts
 from proxystore_stream._core.envelope import single_inline_tail
 from proxystore_stream._core.envelope import unpack_body
 from proxystore_stream._types import Buffer
 from proxystore_stream.exceptions import MalformedMessageError
 from proxystore_stream.protocols import DetachedMessage
 
-__all__ = ["as_envelope", "attach", "detach", "detached_event", "joined"]
+__all__ = ["as_envelope", "attach", "attached_parts", "detach", "detached_event", "joined"]
 
 
 def detach(
@@ -83,13 +84,25 @@ def attach(message: bytes, frames: list[Any], *, topic: str | None = None) -> by
     Raises:
         MalformedMessageError: As `detached_event`.
     """
+    return b"".join(attached_parts(message, frames, topic=topic))
+
+
+def attached_parts(message: bytes, frames: list[Any], *, topic: str | None = None) -> list[Any]:
+    """The envelope `attach` returns, as parts: the frames themselves between two new ones.
+
+    For a shim that sends one envelope per message but writes a list of
+    buffers: the object is not copied into the envelope.
+
+    Raises:
+        MalformedMessageError: As `detached_event`.
+    """
     fields, event = detached_event(message, frames, topic=topic)
     source, producer_id, seq, serializer, _, _ = fields
     try:
         metadata = pack_metadata(event[2])
     except TypeError as exc:
         raise MalformedMessageError(f"invalid metadata: {exc}", topic=topic) from exc
-    return encode_single_inline(
+    return single_inline_parts(
         single_inline_head(source, producer_id),
         seq,
         single_inline_tail(serializer),

@@ -206,6 +206,25 @@ def encode_single_inline(
     return b"".join((b"PSS\x02", mac.digest(), *body))
 
 
+def single_inline_parts(
+    head: bytes,
+    seq: int,
+    tail: bytes,
+    frames: list[Buffer],
+    packed_metadata: bytes,
+) -> list[Buffer]:
+    """The unsigned `encode_single_inline` message as parts whose concatenation it is.
+
+    The frames are parts of their own, not copied: for a broker client that
+    writes a list of buffers (a gathered write) instead of one bytes object.
+
+    Raises:
+        ValueError: If the object is 4 GiB or more (msgpack's limit).
+    """
+    prefix = b"".join((head, _pack_uint(seq), tail, _bin_header(frames_size(frames))))
+    return [prefix, *frames, packed_metadata]
+
+
 def encode_bytes_alone(head: bytes, seq: int, tail: bytes, data: bytes) -> bytes:
     """`encode_single_inline` of raw `bytes` with no metadata, unsigned (the hottest path).
 

@@ -30,6 +30,8 @@ from typing import TypeVar
 
 from proxystore_stream._context import AsyncClosingContext
 from proxystore_stream._context import ClosingContext
+from proxystore_stream._core.detached import attached_parts
+from proxystore_stream._core.envelope import frames_size
 from proxystore_stream._fair import FairShare
 from proxystore_stream.exceptions import BrokerConnectionError
 from proxystore_stream.exceptions import PublisherClosedError
@@ -58,6 +60,7 @@ from proxystore_stream.shims.redis._common import url_arguments
 from proxystore_stream.shims.redis._common import wrong_type
 
 __all__ = [
+    "DETACH_THRESHOLD",
     "AsyncCommandPublisher",
     "CommandPublisher",
     "pack",
@@ -72,6 +75,9 @@ T = TypeVar("T")
 # buffer, which took longer than the write for 1 MiB messages here.
 _LARGE = 64 * 1024
 
+DETACH_THRESHOLD = _LARGE
+"""A stream producer hands objects this large or larger over detached (`send_detached`)."""
+
 WINDOW = 64
 """Messages an async publisher may have awaiting their reply at once."""
 
@@ -82,21 +88,29 @@ WINDOW_BYTES = 8 * 1024 * 1024
 def pack(connection: Any, arguments: tuple[Any, ...]) -> Any:
     """Pack one command for `connection.send_packed_command`.
 
-    The message is the last argument; a large one is not copied.
+    The message is the last argument: bytes-like, or a list of buffers that
+    make one argument together (written one after the other). A large one
+    is not copied, nor are the buffers of a list.
     """
     message = arguments[-1]
-    size = len(message) if isinstance(message, bytes) else memoryview(message).nbytes
-    if size < _LARGE:
-        if type(message) is not bytes:  # hiredis packs bytes, not bytearray
-            arguments = (*arguments[:-1], bytes(message))
-        return pack_commands(connection, [arguments])
+    if type(message) is list:
+        # Socket writes take flat bytes: view each buffer as such.
+        parts: list[Any] = [p if type(p) is bytes else memoryview(p).cast("B") for p in message]
+        size = frames_size(parts)
+    else:
+        size = len(message) if isinstance(message, bytes) else memoryview(message).nbytes
+        if size < _LARGE:
+            if type(message) is not bytes:  # hiredis packs bytes, not bytearray
+                arguments = (*arguments[:-1], bytes(message))
+            return pack_commands(connection, [arguments])
+        parts = [message]
     # Pack the rest, then re-count the array and append the message as one
     # more bulk string.
     head = pack_commands(connection, [arguments[:-1]])
     head = b"".join(head) if isinstance(head, list) else head
     _, _, rest = head.partition(b"\r\n")
     header = b"*%d\r\n%s$%d\r\n" % (len(arguments), rest, size)
-    return [header, message, b"\r\n"]
+    return [header, *parts, b"\r\n"]
 
 
 def replaying(failure: Exception, operation: Callable[[], T]) -> Callable[[], T]:
@@ -141,6 +155,9 @@ class CommandPublisher(ClosingContext):
     key_type: str | None = "list"
     """What a topic's key must be (named in the ValueError); None: not checked."""
 
+    detach_threshold: int = DETACH_THRESHOLD
+    """A stream producer sends objects this large or larger detached (`send_detached`)."""
+
     protocol = 2
     connection_errors = CONNECTION_ERRORS
 
@@ -172,7 +189,7 @@ class CommandPublisher(ClosingContext):
         hostname, port, options = url_arguments(url)
         return cls(hostname, port, retry=retry, **{**options, **kwargs})
 
-    def _arguments(self, topic: str, message: bytes) -> tuple[Any, ...]:
+    def _arguments(self, topic: str, message: Any) -> tuple[Any, ...]:
         raise NotImplementedError
 
     def send(self, topic: str, message: bytes) -> None:
@@ -189,6 +206,16 @@ class CommandPublisher(ClosingContext):
         check_topic(topic)
         check_message(message)
         self._send_command(topic, self._arguments(topic, message))
+
+    def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
+        """Send a `DetachedMessage` as the one envelope `send` would get, not joined.
+
+        The envelope is written around the object's frames, which are not
+        copied into it (a gathered write); the stored message is the same.
+        Raises as `send`, and `MalformedMessageError` for an invalid one.
+        """
+        check_topic(topic)
+        self._send_command(topic, self._arguments(topic, attached_parts(message, frames)))
 
     def _send_command(self, topic: str, arguments: tuple[Any, ...]) -> None:
         """Send one command about `topic` (its last argument may be large)."""
@@ -267,6 +294,9 @@ class AsyncCommandPublisher(AsyncClosingContext):
     key_type: str | None = "list"
     """What a topic's key must be (named in the ValueError); None: not checked."""
 
+    detach_threshold: int = DETACH_THRESHOLD
+    """A stream producer sends objects this large or larger detached (`send_detached`)."""
+
     protocol = 2
     connection_errors = CONNECTION_ERRORS
 
@@ -307,7 +337,7 @@ class AsyncCommandPublisher(AsyncClosingContext):
         hostname, port, options = url_arguments(url)
         return cls(hostname, port, retry=retry, **{**options, **kwargs})
 
-    def _arguments(self, topic: str, message: bytes) -> tuple[Any, ...]:
+    def _arguments(self, topic: str, message: Any) -> tuple[Any, ...]:
         raise NotImplementedError
 
     async def send(self, topic: str, message: bytes) -> None:
@@ -329,6 +359,18 @@ class AsyncCommandPublisher(AsyncClosingContext):
             message = bytes(message)  # kept until acknowledged: the caller may reuse it
         size = len(message) if type(message) is bytes else memoryview(message).nbytes
         await self._send_command(topic, self._arguments(topic, message), size)
+
+    async def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
+        """Send a `DetachedMessage` (see `CommandPublisher.send_detached`).
+
+        Mutable frames are copied: a message is kept until acknowledged.
+        """
+        check_topic(topic)
+        parts = [
+            part if type(part) is bytes or memoryview(part).readonly else bytes(part)
+            for part in attached_parts(message, frames)
+        ]
+        await self._send_command(topic, self._arguments(topic, parts), frames_size(parts))
 
     async def _send_command(self, topic: str, arguments: tuple[Any, ...], size: int) -> None:
         """Send one command about `topic` carrying `size` bytes (its last argument may be large)."""
@@ -454,9 +496,11 @@ class AsyncCommandPublisher(AsyncClosingContext):
     async def _write_now(self, command: list[Any]) -> None:
         # redis.asyncio's send_packed_command drops the connection when
         # cancelled while it drains; the command is whole in the transport
-        # by then (writelines does not wait), so keep it.
+        # by then (write does not wait), so keep it. One write per part:
+        # Python 3.11's writelines joins them first, a copy of the message.
         writer = self._connection._writer
-        writer.writelines(command)
+        for part in command:
+            writer.write(part)
         try:
             await writer.drain()
         except OSError as exc:

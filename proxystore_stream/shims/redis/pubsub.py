@@ -209,7 +209,7 @@ class RedisPublisher(CommandPublisher):
 
     protocol = PROTOCOL
 
-    def _arguments(self, topic: str, message: bytes) -> tuple[Any, ...]:
+    def _arguments(self, topic: str, message: Any) -> tuple[Any, ...]:
         return ("PUBLISH", topic, message)
 
 
@@ -426,7 +426,7 @@ class AsyncRedisPublisher(AsyncCommandPublisher):
 
     protocol = PROTOCOL
 
-    def _arguments(self, topic: str, message: bytes) -> tuple[Any, ...]:
+    def _arguments(self, topic: str, message: Any) -> tuple[Any, ...]:
         return ("PUBLISH", topic, message)
 
 

@@ -450,7 +450,7 @@ class RedisQueuePublisher(CommandPublisher):
 
     protocol = PROTOCOL
 
-    def _arguments(self, topic: str, message: bytes) -> tuple[Any, ...]:
+    def _arguments(self, topic: str, message: Any) -> tuple[Any, ...]:
         return ("LPUSH", topic, message)
 
 
@@ -710,7 +710,7 @@ class AsyncRedisQueuePublisher(AsyncCommandPublisher):
 
     protocol = PROTOCOL
 
-    def _arguments(self, topic: str, message: bytes) -> tuple[Any, ...]:
+    def _arguments(self, topic: str, message: Any) -> tuple[Any, ...]:
         return ("LPUSH", topic, message)
 
 

@@ -76,7 +76,7 @@ from typing import cast
 from proxystore_stream._context import AsyncOpeningContext
 from proxystore_stream._context import ClosingContext
 from proxystore_stream._core.detached import as_envelope
-from proxystore_stream._core.detached import joined
+from proxystore_stream._core.envelope import frames_size
 from proxystore_stream.exceptions import require
 
 try:
@@ -471,18 +471,18 @@ class RedisStreamPublisher(CommandPublisher):
             **{**options, **kwargs},
         )
 
-    def _arguments(self, topic: str, message: bytes) -> tuple[Any, ...]:
+    def _arguments(self, topic: str, message: Any) -> tuple[Any, ...]:
         return ("XADD", topic, *self._trim, "*", FIELD, message)
 
     def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
         """Append a `DetachedMessage`: one entry, envelope and object in fields of their own.
 
-        The object (the last argument) is written without a copy. Raises as `send`.
+        The object (the last argument, its frames one after the other) is
+        written without a copy. Raises as `send`.
         """
         check_topic(topic)
-        body = joined(frames)
         self._send_command(
-            topic, ("XADD", topic, *self._trim, "*", FIELD, message, OBJECT_FIELD, body)
+            topic, ("XADD", topic, *self._trim, "*", FIELD, message, OBJECT_FIELD, list(frames))
         )
 
     def send(self, topic: str, message: bytes) -> None:
@@ -773,15 +773,16 @@ class AsyncRedisStreamPublisher(AsyncCommandPublisher):
             **{**options, **kwargs},
         )
 
-    def _arguments(self, topic: str, message: bytes) -> tuple[Any, ...]:
+    def _arguments(self, topic: str, message: Any) -> tuple[Any, ...]:
         return ("XADD", topic, *self._trim, "*", FIELD, message)
 
     async def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
         """Append a `DetachedMessage` (see `RedisStreamPublisher.send_detached`)."""
         check_topic(topic)
-        body = joined(frames)
-        arguments = ("XADD", topic, *self._trim, "*", FIELD, message, OBJECT_FIELD, body)
-        await self._send_command(topic, arguments, len(body) + len(message))
+        # Kept until acknowledged: mutable frames are copied.
+        parts = [f if type(f) is bytes or memoryview(f).readonly else bytes(f) for f in frames]
+        arguments = ("XADD", topic, *self._trim, "*", FIELD, message, OBJECT_FIELD, parts)
+        await self._send_command(topic, arguments, frames_size(parts) + len(message))
 
     async def send(self, topic: str, message: bytes) -> None:
         """Append a message to the stream (see `RedisStreamPublisher.send`)."""
