@@ -9,7 +9,7 @@ message cost about 30 µs of CPU here, a third of a round trip.
 
 `AsyncRounds` reads the replies itself instead. Once redis.asyncio has
 connected (AUTH, SELECT, TLS, the handshake), the connection's transport
-gets a protocol of ours (`_Replies`) that receives into one buffer and feeds
+gets a protocol of ours (`Replies`) that receives into one buffer and feeds
 hiredis straight from it; a waiting call only waits for hiredis to have a
 whole reply, so a wait that is cancelled takes nothing away. A round trip
 cut off that way simply stays *in flight*: its commands were written, and
@@ -42,19 +42,18 @@ except ImportError as e:  # pragma: no cover - both come with the [redis] extra
 
 from proxystore_stream.shims.redis._common import pack_commands
 
-__all__ = ["AsyncRounds", "Command"]
+__all__ = ["INCOMPLETE", "READ_SIZE", "AsyncRounds", "Command", "Replies", "take_over"]
 
 Command = tuple[Any, ...]
 
-# What a read takes from the stream reader at most: a whole large reply in
-# one call instead of redis.asyncio's 64 KiB slices.
-_READ_SIZE = 1 << 20
+READ_SIZE = 1 << 20
+"""Bytes a connection taken over receives per event-loop wake-up at most."""
 
-# hiredis returns this while a reply is incomplete (a reply itself may be False).
-_INCOMPLETE = object()
+INCOMPLETE = object()
+"""What `Replies.ready` returns while no whole reply has arrived (a reply may be False)."""
 
 
-class _Replies(asyncio.BufferedProtocol):
+class Replies(asyncio.BufferedProtocol):
     """The protocol of a connection after redis.asyncio connected it: bytes go to hiredis.
 
     Args:
@@ -64,13 +63,40 @@ class _Replies(asyncio.BufferedProtocol):
             ``disconnect()`` waits for it to hear so.
     """
 
-    def __init__(self, reader: Any, previous: Any) -> None:
+    def __init__(self, reader: Any, previous: Any, read_size: int = READ_SIZE) -> None:
         self.reader = reader
         self.waiter: asyncio.Future[None] | None = None
         self.error: BaseException | None = None
         """Why the connection ended (None: it has not)."""
-        self._buffer = memoryview(bytearray(_READ_SIZE))
+        self._buffer = memoryview(bytearray(read_size))
         self._previous = previous
+
+    def ready(self) -> Any:
+        """The next whole reply if one has arrived, else `INCOMPLETE` (never waits)."""
+        return self.reader.gets()
+
+    async def next(self) -> Any:
+        """Wait for the next whole reply and return it.
+
+        Cancel-safe: the protocol keeps feeding hiredis whether or not anyone
+        waits, so a cancelled wait loses nothing.
+
+        Raises:
+            redis.ConnectionError, OSError: If the connection ended.
+        """
+        reply = self.reader.gets()
+        while reply is INCOMPLETE:
+            if self.error is not None:
+                if isinstance(self.error, redis.exceptions.ConnectionError | OSError):
+                    raise self.error
+                raise redis.exceptions.ConnectionError(str(self.error)) from self.error
+            waiter = self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self.waiter = None
+            reply = self.reader.gets()
+        return reply
 
     def get_buffer(self, sizehint: int) -> memoryview:
         """Where the transport receives into (hiredis copies it out at once)."""
@@ -110,6 +136,28 @@ class _Replies(asyncio.BufferedProtocol):
             waiter.set_result(None)
 
 
+def take_over(connection: Any, read_size: int = READ_SIZE) -> Replies:
+    """Give a connected redis.asyncio connection's transport a `Replies` protocol.
+
+    From then on its replies are read only through the returned protocol
+    (redis.asyncio's own reads would wait for ever); writes go through the
+    connection's stream writer as before, and ``disconnect()`` still works.
+    """
+    reader = hiredis.Reader(
+        protocolError=redis.exceptions.InvalidResponse,
+        replyError=connection._parser.parse_error,
+        notEnoughData=INCOMPLETE,
+    )
+    pending: Any = getattr(connection._reader, "_buffer", None)
+    if pending:  # nothing is expected after the handshake, but keep it
+        reader.feed(bytes(pending))
+        pending.clear()
+    transport = connection._writer.transport
+    protocol = Replies(reader, transport.get_protocol(), read_size)
+    transport.set_protocol(protocol)
+    return protocol
+
+
 class AsyncRounds:
     """Sends commands on one redis.asyncio connection and applies their replies.
 
@@ -129,7 +177,7 @@ class AsyncRounds:
     def __init__(self, connection: Any, io_timeout: float | None) -> None:
         self._connection = connection
         self._io_timeout = io_timeout
-        self._protocol: _Replies | None = None
+        self._protocol: Replies | None = None
         # The round in flight: how many replies it awaits, those read so far,
         # what to do with them, and when (loop time) they are overdue.
         self._expected = 0
@@ -175,7 +223,7 @@ class AsyncRounds:
         connection = self._connection
         if not connection.is_connected or self._protocol is None:
             await self._connect()
-            self._protocol = self._take_over()
+            self._protocol = take_over(connection)
         # Written whole and at once (no await in between): a cancellation
         # comes either before the round exists or while it is in flight.
         connection._writer.writelines(pack_commands(connection, commands))
@@ -199,24 +247,6 @@ class AsyncRounds:
             await self.drop()
             message = f"No reply from Redis within {self._io_timeout} s"
             raise redis.exceptions.TimeoutError(message) from None
-
-    def _take_over(self) -> _Replies:
-        """Give the connection's transport our protocol (after redis.asyncio's handshake)."""
-        connection = self._connection
-        reader = hiredis.Reader(
-            protocolError=redis.exceptions.InvalidResponse,
-            replyError=connection._parser.parse_error,
-            notEnoughData=_INCOMPLETE,
-        )
-        stream = connection._reader
-        pending: Any = getattr(stream, "_buffer", None)
-        if pending:  # nothing is expected after the handshake, but keep it
-            reader.feed(bytes(pending))
-            pending.clear()
-        transport = connection._writer.transport
-        protocol = _Replies(reader, transport.get_protocol())
-        transport.set_protocol(protocol)
-        return protocol
 
     async def finish(self, deadline: float | None = None) -> None:
         """Collect the replies of the round in flight (if any) and apply them.
@@ -250,24 +280,8 @@ class AsyncRounds:
     async def _collect(self) -> None:
         replies, protocol = self._replies, self._protocol
         assert protocol is not None
-        reader = protocol.reader
         while len(replies) < self._expected:
-            reply = reader.gets()
-            while reply is _INCOMPLETE:
-                if protocol.error is not None:
-                    error = protocol.error
-                    if isinstance(error, redis.exceptions.ConnectionError | OSError):
-                        raise error
-                    raise redis.exceptions.ConnectionError(str(error)) from error
-                # The protocol keeps feeding hiredis whether or not anyone
-                # waits: a cancelled wait loses nothing.
-                waiter = protocol.waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await waiter
-                finally:
-                    protocol.waiter = None
-                reply = reader.gets()
-            replies.append(reply)
+            replies.append(await protocol.next())
 
     def _check_due(self) -> None:
         """The watchdog: cut the connection if the round in flight is overdue."""

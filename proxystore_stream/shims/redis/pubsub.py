@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -77,12 +76,17 @@ from proxystore_stream.shims.redis._common import SLICE_SECONDS
 from proxystore_stream.shims.redis._common import broker_name
 from proxystore_stream.shims.redis._common import check_retry
 from proxystore_stream.shims.redis._common import client_kwargs
+from proxystore_stream.shims.redis._common import own_connection
+from proxystore_stream.shims.redis._common import pack_commands
 from proxystore_stream.shims.redis._common import stop_if_fatal
 from proxystore_stream.shims.redis._common import stop_if_fatal_async
 from proxystore_stream.shims.redis._common import topic_list
 from proxystore_stream.shims.redis._common import url_arguments
 from proxystore_stream.shims.redis._publish import AsyncCommandPublisher
 from proxystore_stream.shims.redis._publish import CommandPublisher
+from proxystore_stream.shims.redis._rounds import INCOMPLETE
+from proxystore_stream.shims.redis._rounds import Replies
+from proxystore_stream.shims.redis._rounds import take_over
 
 __all__ = [
     "AsyncRedisPublisher",
@@ -103,14 +107,12 @@ _CONFIRM = frozenset({"subscribe", "psubscribe", b"subscribe", b"psubscribe"})
 # bytes; the rest stays in the socket (and in Redis's output buffer).
 _DRAIN_COUNT = 256
 _DRAIN_BYTES = 1 << 20
-# Bytes the async subscriber's socket reader may hold (see _widen), once a
-# message larger than _LARGE arrived or one wake-up found _WIDEN_AT bytes
-# waiting (asyncio pauses its reader at 128 KiB: the subscriber is falling
-# behind). Not before: asyncio's recv allocates its whole read size each
-# time, which costs small messages more than it saves.
+# Bytes the async subscriber receives per event-loop wake-up at most: at
+# least what a publisher on the same loop sends per turn (1 MiB, FairShare),
+# or the subscriber falls behind until Redis drops it.
 _READ_AHEAD = 4 << 20
-_LARGE = 64 * 1024
-_WIDEN_AT = 128 * 1024
+# A connection read by our protocol ends with the client's error or the socket's.
+_READ_ERRORS: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, OSError)
 
 
 def _split(topics: list[str], pattern: bool | None) -> tuple[list[str], list[str]]:
@@ -168,23 +170,9 @@ def _take_reply(reply: Any, buffer: deque[bytes]) -> int:
     return len(data) + 1
 
 
-def _widen(connection: Any) -> None:
-    """Let one event-loop wake-up take in a whole large message.
-
-    asyncio reads at most 256 KiB per wake-up and pauses reading once its
-    stream holds 128 KiB, so a 1 MiB message took several wake-ups, while a
-    publisher on the same loop sent one per wake-up: the subscriber fell
-    behind until Redis dropped it (client-output-buffer-limit). Where the
-    attributes exist (asyncio's selector transport and StreamReader), raise
-    both, so up to `_READ_AHEAD` bytes wait here instead of in Redis.
-    """
-    reader = getattr(connection, "_reader", None)
-    writer = getattr(connection, "_writer", None)
-    transport = getattr(writer, "transport", None)
-    if reader is not None and isinstance(getattr(reader, "_limit", None), int):
-        reader._limit = _READ_AHEAD // 2
-    if transport is not None and isinstance(getattr(transport, "max_size", None), int):
-        transport.max_size = _READ_AHEAD
+def _confirms(reply: Any) -> bool:
+    """Whether a raw reply confirms a SUBSCRIBE or PSUBSCRIBE."""
+    return isinstance(reply, list) and bool(reply) and reply[0] in _CONFIRM
 
 
 def _subscribe_timeout(kwargs: dict[str, Any]) -> float:
@@ -435,10 +423,12 @@ class AsyncRedisSubscriber(AsyncOpeningContext):
 
     Construct it, then ``await subscriber.open()`` (or ``async with``) so the
     subscription is confirmed before anything is published; a first
-    `receive` opens it otherwise. `receive` reads the connection itself,
-    one caller at a time; a read cut off by a timeout or a cancellation
-    leaves the bytes read so far in the client's parser, and the next call
-    goes on from there, so nothing is lost.
+    `receive` opens it otherwise. redis.asyncio connects (AUTH, SELECT,
+    TLS); then the connection's replies are read by a protocol of ours
+    (`_rounds.Replies`) that receives up to 4 MiB per event-loop wake-up
+    straight into hiredis. `receive` waits for a whole message, one caller
+    at a time; a wait cut off by a timeout or a cancellation takes nothing
+    away, so nothing is lost.
     """
 
     connection_errors = CONNECTION_ERRORS
@@ -469,9 +459,9 @@ class AsyncRedisSubscriber(AsyncOpeningContext):
         self._closed = False
         self._opened = False
         self._lost = False
-        self._widened = False
         self._client = redis.asyncio.Redis(**options)
-        self._pubsub = self._client.pubsub()
+        self._connection: Any = None
+        self._replies: Replies | None = None
         self._reading = asyncio.Lock()
 
     @classmethod
@@ -516,38 +506,45 @@ class AsyncRedisSubscriber(AsyncOpeningContext):
         self._opened = True
 
     async def _subscribe(self) -> None:
-        if self._channels:
-            await self._pubsub.subscribe(*self._channels)
-        if self._patterns:
-            await self._pubsub.psubscribe(*self._patterns)
-        expected = len(self._channels) + len(self._patterns)
-        deadline = time.monotonic() + self._subscribe_timeout
-        while expected:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BrokerConnectionError(
-                    f"Redis did not confirm the subscription within {self._subscribe_timeout} s",
-                    broker=self._broker,
-                )
-            message = await self._pubsub.get_message(timeout=remaining)
-            expected -= _take(message, self._buffer)
-        assert self._pubsub.connection is not None
-        self._widened = False
-        self._pubsub.connection.register_connect_callback(self._on_reconnect)
-
-    def _on_reconnect(self, connection: Any) -> None:
-        self._lost = True
+        # A connection of its own, connected by redis.asyncio, then read by
+        # our protocol; SUBSCRIBE and PSUBSCRIBE confirm once per topic.
+        connection = own_connection(self._client, socket_timeout=None)
+        self._connection = connection
+        try:
+            async with asyncio.timeout(self._subscribe_timeout):
+                await connection.connect()
+                replies = self._replies = take_over(connection, _READ_AHEAD)
+                commands = []
+                if self._channels:
+                    commands.append(("SUBSCRIBE", *self._channels))
+                if self._patterns:
+                    commands.append(("PSUBSCRIBE", *self._patterns))
+                for part in pack_commands(connection, commands):
+                    connection._writer.write(part)
+                expected = len(self._channels) + len(self._patterns)
+                while expected:
+                    reply = await replies.next()
+                    if _take_reply(reply, self._buffer) == 0 and _confirms(reply):
+                        expected -= 1
+        except TimeoutError:
+            raise BrokerConnectionError(
+                f"Redis did not confirm the subscription within {self._subscribe_timeout} s",
+                broker=self._broker,
+            ) from None
 
     async def _resubscribe(self) -> None:
-        if self._pubsub.connection is not None:
-            self._pubsub.connection.deregister_connect_callback(self._on_reconnect)
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-        self._pubsub = self._client.pubsub()
+        await self._disconnect()
         self._lost = False
         await self._subscribe()
 
+    async def _disconnect(self) -> None:
+        connection, self._connection, self._replies = self._connection, None, None
+        if connection is not None:
+            await connection.disconnect(nowait=True)
+
     async def _recover(self, exc: BaseException | None) -> None:
         if self._retry is None:
+            self._lost = True
             raise _lost(self._broker) from exc
         _missed(self._broker, exc)
         with map_errors(ERRORS, broker=self._broker):
@@ -564,37 +561,26 @@ class AsyncRedisSubscriber(AsyncOpeningContext):
                 raise SubscriberClosedError("AsyncRedisSubscriber is closed")
             try:
                 await self._drain()
-            except CONNECTION_ERRORS as exc:
+            except _READ_ERRORS as exc:
                 if self._closed:  # close() dropped the connection under us
                     raise SubscriberClosedError("AsyncRedisSubscriber is closed") from exc
                 await self._recover(exc)
-                continue
-            if self._lost:
-                # redis-py reconnected on its own: raise, or resubscribe.
-                await self._recover(None)
         return self._buffer.popleft()
 
     async def _drain(self) -> None:
-        # Block for one reply (math.inf: no read timeout), then take the
-        # replies already received, without waiting for more.
-        connection = self._pubsub.connection
-        assert connection is not None
+        # Wait for one reply, then take the replies already received,
+        # without waiting for more.
+        replies = self._replies
+        if replies is None:
+            raise redis.exceptions.ConnectionError("not connected")
         buffer, count, size = self._buffer, 0, 0
-        reply = await connection.read_response(
-            timeout=math.inf,
-            disconnect_on_error=False,
-            push_request=True,
-        )
-        while True:
-            taken = _take_reply(reply, buffer)
-            size += taken
+        reply = await replies.next()
+        while reply is not INCOMPLETE:
+            size += _take_reply(reply, buffer)
             count += 1
-            if not self._widened and (taken > _LARGE or size >= _WIDEN_AT):
-                self._widened = True
-                _widen(connection)
-            if count >= _DRAIN_COUNT or size >= _DRAIN_BYTES or not await connection.can_read():
+            if count >= _DRAIN_COUNT or size >= _DRAIN_BYTES:
                 return
-            reply = await connection.read_response(disconnect_on_error=False, push_request=True)
+            reply = replies.ready()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         """Yield messages until the subscriber is closed."""
@@ -614,8 +600,6 @@ class AsyncRedisSubscriber(AsyncOpeningContext):
         if self._lost and self._retry is None and not self._reading.locked():
             raise _lost(self._broker)
         try:
-            # Replies are read with disconnect_on_error=False: a read cut off
-            # here leaves the connection and the parser's buffer as they were.
             async with asyncio.timeout(timeout), self._reading:
                 return await self._next_message()
         except TimeoutError:
@@ -628,5 +612,5 @@ class AsyncRedisSubscriber(AsyncOpeningContext):
         if self._closed:
             return
         self._closed = True
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._disconnect()
         await self._client.aclose()
