@@ -75,11 +75,15 @@ class _Materializer:
         return loads
 
     def inline(self, step: InlineObject) -> Any:
+        # The step stays around as the consumer's last delivery (for
+        # last_event_id): let go of its data, or a large object's memory
+        # stays in use until the next delivery and cannot be reused.
+        data, step.data = step.data, b""
         if step.serializer == "raw":  # RAW.loads, inlined: raw bytes are the object
-            return step.data
+            return data
         loads = self._loads.get(step.serializer) or self._loader(step.serializer, step.topic)
         try:
-            return loads(step.data)
+            return loads(data)
         except MalformedMessageError as exc:
             raise MalformedMessageError(exc.reason, topic=step.topic) from exc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -309,3 +310,18 @@ def test_event_ids_are_unique_and_survive_redelivery(
     assert all(i.startswith(producer.producer_id + ":") for i in seen)
     # Every object but those sharing the last message (the end of stream) came twice.
     assert duplicates == {1: 7, 3: 6}[batch_size]
+
+
+def test_the_consumer_keeps_no_reference_to_an_object_it_returned() -> None:
+    # Only `last_event_id` outlives a delivery: holding the data too kept a
+    # large object's memory in use until the next one arrived.
+    producer, subscriber, _ = pair()
+    producer.send("t", b"x" * (1 << 20))
+    producer.send("t", bytearray(b"y" * 1000))  # pickled
+    producer.flush()
+    consumer: StreamConsumer[Any] = StreamConsumer(subscriber, timeout=5)
+    for expected in (b"x" * (1 << 20), bytearray(b"y" * 1000)):
+        obj = consumer.next()
+        assert obj == expected
+        assert sys.getrefcount(obj) == 2  # `obj` and getrefcount's argument
+        assert consumer.last_event_id is not None
