@@ -526,6 +526,32 @@ def test_async_ack_on_next_receive(raw: Any, topic: str) -> None:
     assert asyncio.run(main()) == [1, 1, 0, 1]
 
 
+def test_async_stream_acks_from_the_buffer_without_waiting(raw: Any, topic: str) -> None:
+    # Entries read ahead are handed without a round trip: the XACK of the
+    # previous one goes out, and its reply is taken by the next call.
+    with RedisStreamPublisher(HOST, PORT) as pub:
+        for i in range(5):
+            pub.send(topic, b"m%d" % i)
+
+    async def main() -> tuple[list[bytes], int, int]:
+        sub = AsyncRedisStreamSubscriber(HOST, PORT, topic, group="g", prefetch=16)
+        async with sub:
+            got = [await sub.receive(5) for _ in range(5)]
+            assert sub._rounds.busy  # the XACK of m3 awaits its reply
+            await sub.ack()
+            acked = pending(raw, topic, "g")
+            got.append(b"" if sub._rounds.busy else b"settled")
+            with RedisStreamPublisher(HOST, PORT) as pub:
+                pub.send(topic, b"m5")
+            got.append(await sub.receive(5))
+        return got, acked, pending(raw, topic, "g")
+
+    got, acked, left = asyncio.run(main())
+    assert got == [b"m0", b"m1", b"m2", b"m3", b"m4", b"settled", b"m5"]
+    assert acked == 0
+    assert left == 1  # m5: handed, never acknowledged; close() leaves it pending
+
+
 def test_restart_with_the_same_consumer_name_redelivers(raw: Any, topic: str) -> None:
     with RedisStreamPublisher(HOST, PORT) as pub:
         for i in range(5):

@@ -219,6 +219,25 @@ class AsyncRounds:
                 connection is dropped and the round forgotten).
             redis.ConnectionError: The connection failed (likewise).
         """
+        await self.start(commands, apply, block=block, deadline=deadline)
+        await self.finish(deadline)
+
+    async def start(
+        self,
+        commands: Sequence[Command],
+        apply: Callable[[list[Any]], object],
+        *,
+        block: float = 0.0,
+        deadline: float | None = None,
+    ) -> None:
+        """Finish the round in flight, then send `commands` without waiting for their replies.
+
+        The next `run`, `start` or `finish` collects and applies them (a
+        pipelined round: its round trip overlaps the caller's next work).
+
+        Raises:
+            As `run`, for the round in flight before.
+        """
         await self.finish(deadline)
         connection = self._connection
         if not connection.is_connected or self._protocol is None:
@@ -235,7 +254,6 @@ class AsyncRounds:
             self._due = loop.time() + block + self._io_timeout
             if self._watchdog is None:
                 self._watchdog = loop.call_at(self._due, self._check_due)
-        await self.finish(deadline)
 
     async def _connect(self) -> None:
         # The handshake's replies are read by redis.asyncio, which the

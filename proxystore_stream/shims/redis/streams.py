@@ -56,6 +56,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import deque
@@ -130,6 +131,9 @@ DETACH_THRESHOLD = 64 * 1024
 DEFAULT_PREFETCH = 16
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
+# What confirming the last acknowledgements at close() may raise (logged).
+_CLOSE_ERRORS: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, redis.ResponseError)
 
 Entry = tuple[str, bytes, "bytes | DetachedMessage"]
 """(stream, entry id, message) of an entry read from Redis."""
@@ -938,11 +942,15 @@ class AsyncRedisStreamSubscriber(AsyncOpeningContext):
             reader.missing_group = False
             await self._create_groups()
 
-    async def _ack(self, deadline: float | None = None) -> None:
+    async def _ack(self, deadline: float | None = None, *, wait: bool = True) -> None:
+        # Without `wait`, the XACKs go out and their replies are taken by
+        # the next call: a receive from the buffer then pays no round trip.
         await self._rounds.finish(deadline)
         acks, take = self._reader.ack_round(self._group)
         if acks:
-            await self._rounds.run(acks, take, deadline=deadline)
+            await self._rounds.start(acks, take, deadline=deadline)
+            if wait:
+                await self._rounds.finish(deadline)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         """Yield messages until the subscriber is closed."""
@@ -973,7 +981,7 @@ class AsyncRedisStreamSubscriber(AsyncOpeningContext):
             while not self._closed:
                 await self._call(partial(self._rounds.finish, deadline))
                 if reader.buffer:
-                    await self._call(partial(self._ack, deadline))
+                    await self._call(partial(self._ack, deadline, wait=False))
                     if self._closed:
                         break  # the entry stays pending in Redis
                     return reader.hand(reader.buffer.popleft())
@@ -1002,9 +1010,13 @@ class AsyncRedisStreamSubscriber(AsyncOpeningContext):
         self._closed = True
         try:
             # A receive under way ends with its round (0.1 s at most);
-            # whatever that read stays pending in Redis.
+            # whatever that read stays pending in Redis. XACKs sent without
+            # waiting get their replies, so a lost one is known (and logged).
             async with self._turn:
-                pass
+                try:
+                    await self._rounds.finish()
+                except _CLOSE_ERRORS as exc:
+                    logger.warning("acknowledgements not confirmed at close(): %s", exc)
         finally:
             await self._connection.disconnect()
             await self._client.aclose()
