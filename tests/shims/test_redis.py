@@ -31,7 +31,9 @@ from tests.faults.redis_server import RedisServer
 redis = pytest.importorskip("redis")
 
 from proxystore_stream.shims.redis import AsyncRedisPublisher  # noqa: E402
+from proxystore_stream.shims.redis import AsyncRedisQueuePublisher  # noqa: E402
 from proxystore_stream.shims.redis import AsyncRedisQueueSubscriber  # noqa: E402
+from proxystore_stream.shims.redis import AsyncRedisStreamPublisher  # noqa: E402
 from proxystore_stream.shims.redis import AsyncRedisStreamSubscriber  # noqa: E402
 from proxystore_stream.shims.redis import AsyncRedisSubscriber  # noqa: E402
 from proxystore_stream.shims.redis import RedisPublisher  # noqa: E402
@@ -854,6 +856,41 @@ def test_tls_passes_through(tls_redis: tuple[RedisServer, dict[str, str]]) -> No
         assert psub.receive(5) == b"pub/sub over TLS"
         sub.ack()
         ssub.ack()
+
+
+def test_async_subscribers_read_their_tls_connections(
+    tls_redis: tuple[RedisServer, dict[str, str]],
+) -> None:
+    # The async subscribers read through a protocol of their own on the
+    # connection's transport; over TLS that is asyncio's SSL transport.
+    server, tls = tls_redis
+    files: dict[str, Any] = {k: v for k, v in tls.items() if k != "ssl"}
+    url = f"rediss://{HOST}:{server.port}/0"
+
+    async def main() -> list[bytes]:
+        got = []
+        async with (
+            AsyncRedisQueuePublisher.from_url(url, **files) as pub,
+            AsyncRedisQueueSubscriber.from_url(url, "jobs", **files) as sub,
+            AsyncRedisStreamPublisher.from_url(url, **files) as spub,
+            AsyncRedisStreamSubscriber.from_url(url, "s", group="g", **files) as ssub,
+            AsyncRedisPublisher.from_url(url, **files) as ppub,
+            AsyncRedisSubscriber.from_url(url, "news", **files) as psub,
+        ):
+            big = bytes(range(256)) * 4096  # 1 MiB: many TLS records
+            for message in (b"over TLS", big):
+                await pub.send("jobs", message)
+                got.append(await sub.receive(5))
+                await spub.send("s", message)
+                got.append(await ssub.receive(5))
+                await ppub.send("news", message)
+                got.append(await psub.receive(5))
+            await sub.ack()
+            await ssub.ack()
+        return got
+
+    big = bytes(range(256)) * 4096
+    assert asyncio.run(main()) == [b"over TLS"] * 3 + [big] * 3
 
 
 def test_credentials_pass_through(secured: RedisServer) -> None:
