@@ -71,6 +71,7 @@ from proxystore_stream.store import FileConnector
 from proxystore_stream.store import MemoryConnector
 from proxystore_stream.store import Store
 from tests.conftest import require_broker
+from tests.shims.detached_cases import DetachedCapture
 
 KEY = b"k" * 32
 FUZZ_CASES = 20_000
@@ -336,21 +337,8 @@ def test_the_consumers_fast_path_agrees_with_the_full_decoder(tmp_path: Path) ->
 
 def detached_seeds() -> list[tuple[bytes, list[Any]]]:
     """Real detached messages: raw bytes and pickles, with and without metadata."""
-    sent: list[tuple[bytes, list[Any]]] = []
-
-    class Capture:
-        detach_threshold = 0
-
-        def send(self, topic: str, message: bytes) -> None:
-            raise AssertionError("every object here is detached (threshold 0)")
-
-        def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
-            sent.append((message, [bytes(memoryview(f)) for f in frames]))
-
-        def close(self) -> None:
-            """Nothing to close."""
-
-    producer: StreamProducer[Any] = StreamProducer(Capture())  # type: ignore[arg-type]
+    capture = DetachedCapture()
+    producer: StreamProducer[Any] = StreamProducer(capture)
     for obj, metadata in [
         (b"first", None),
         (b"raw bytes", None),
@@ -359,7 +347,7 @@ def detached_seeds() -> list[tuple[bytes, list[Any]]]:
         ({"k": "pickled"}, {"j": "v"}),
     ]:
         producer.send("t", obj, metadata=metadata)
-    return sent
+    return [(message, frames) for message, frames in capture.sent]
 
 
 def test_detached_messages_decode_as_their_joined_envelopes() -> None:

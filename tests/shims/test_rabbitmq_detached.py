@@ -10,8 +10,6 @@ from typing import Any
 import pika
 import pytest
 
-from proxystore_stream import AsyncStreamConsumer
-from proxystore_stream import AsyncStreamProducer
 from proxystore_stream import StreamConsumer
 from proxystore_stream import StreamProducer
 from proxystore_stream._core.envelope import decode_wire
@@ -30,8 +28,10 @@ from tests.shims.cases_rabbitmq import PORT
 from tests.shims.cases_rabbitmq import QUEUE_ARGUMENTS
 from tests.shims.cases_rabbitmq import delete_broker_objects
 from tests.shims.detached_cases import assert_delivered
+from tests.shims.detached_cases import deliver_then_join
 from tests.shims.detached_cases import detached_kinds
 from tests.shims.detached_cases import objects_around
+from tests.shims.detached_cases import send_cases
 
 MODES: dict[str, dict[str, Any]] = {
     "fanout": {"host": HOST, "port": PORT, "mode": "fanout"},
@@ -59,19 +59,13 @@ def test_large_objects_travel_as_the_body_with_the_envelope_as_a_header(
         RabbitMQSubscriber(topic, **options) as consumer_side,
     ):
         raw_side = RabbitMQSubscriber(topic, **options) if mode == "fanout" else None
-        producer: StreamProducer[Any] = StreamProducer(pub)
-        for obj, metadata, _ in OBJECTS:
-            producer.send(topic, obj, metadata=metadata)
-        producer.close(topics=[topic], publisher=False)
+        send_cases(pub, topic, OBJECTS)
         consumer: StreamConsumer[Any] = StreamConsumer(consumer_side, timeout=10)
         assert_delivered(list(consumer.iter_with_metadata()), OBJECTS)
         if raw_side is not None:
             with raw_side:
                 # Subscribed after the sends: fan-out kept nothing for it; send again.
-                again: StreamProducer[Any] = StreamProducer(pub)
-                for obj, metadata, _ in OBJECTS:
-                    again.send(topic, obj, metadata=metadata)
-                again.close(topics=[topic], publisher=False)
+                send_cases(pub, topic, OBJECTS)
                 messages = [raw_side.receive_detached(10) for _ in range(len(OBJECTS) + 1)]
                 kinds = [type(m) is DetachedMessage for m in messages]
                 assert kinds == detached_kinds(OBJECTS)
@@ -134,16 +128,7 @@ def test_async_twins_detach_and_join_the_same_way(topic: str) -> None:
         try:
             await pub.open()
             await sub.open()
-            producer: AsyncStreamProducer[Any] = AsyncStreamProducer(pub)
-            for obj, metadata, _ in OBJECTS:
-                await producer.send(topic, obj, metadata=metadata)
-            await producer.close(topics=[topic], publisher=False)
-            consumer: AsyncStreamConsumer[Any] = AsyncStreamConsumer(sub, timeout=10)
-            got = [obj async for obj in consumer]
-            late: AsyncStreamProducer[bytes] = AsyncStreamProducer(pub)
-            await late.send(topic, b"j" * (1 << 20))
-            await late.flush()
-            return got, await sub.receive(10)
+            return await deliver_then_join(pub, sub, topic, OBJECTS)
         finally:
             await sub.close()
             await pub.close()

@@ -9,16 +9,16 @@ from typing import Any
 
 import pytest
 
-from proxystore_stream import AsyncStreamConsumer
-from proxystore_stream import AsyncStreamProducer
 from proxystore_stream import StreamConsumer
 from proxystore_stream import StreamProducer
 from proxystore_stream._core.envelope import decode_wire
 from proxystore_stream.exceptions import MalformedMessageError
 from proxystore_stream.protocols import DetachedMessage
 from tests.shims.detached_cases import assert_delivered
+from tests.shims.detached_cases import deliver_then_join
 from tests.shims.detached_cases import detached_kinds
 from tests.shims.detached_cases import objects_around
+from tests.shims.detached_cases import send_cases
 
 redis = pytest.importorskip("redis")
 
@@ -47,10 +47,7 @@ def test_large_objects_get_a_field_of_their_own(raw: Any, topic: str) -> None:
         RedisStreamSubscriber(HOST, PORT, topic, group="consumer") as consumer_side,
         RedisStreamSubscriber(HOST, PORT, topic, group="raw") as raw_side,
     ):
-        producer: StreamProducer[Any] = StreamProducer(pub)
-        for obj, metadata, _ in OBJECTS:
-            producer.send(topic, obj, metadata=metadata)
-        producer.close(topics=[topic], publisher=False)
+        send_cases(pub, topic, OBJECTS)
         consumer: StreamConsumer[Any] = StreamConsumer(consumer_side, timeout=10)
         assert_delivered(list(consumer.iter_with_metadata()), OBJECTS)
         messages = [raw_side.receive_detached(10) for _ in range(len(OBJECTS) + 1)]
@@ -88,16 +85,7 @@ def test_async_twins_detach_and_join_the_same_way(topic: str) -> None:
         sub = AsyncRedisStreamSubscriber(HOST, PORT, topic, group="g")
         try:
             await sub.open()
-            producer: AsyncStreamProducer[Any] = AsyncStreamProducer(pub)
-            for obj, metadata, _ in OBJECTS:
-                await producer.send(topic, obj, metadata=metadata)
-            await producer.close(topics=[topic], publisher=False)
-            consumer: AsyncStreamConsumer[Any] = AsyncStreamConsumer(sub, timeout=10)
-            got = [obj async for obj in consumer]
-            late: AsyncStreamProducer[bytes] = AsyncStreamProducer(pub)
-            await late.send(topic, b"j" * (1 << 20))
-            await late.flush()
-            return got, await sub.receive(10)
+            return await deliver_then_join(pub, sub, topic, OBJECTS)
         finally:
             await sub.close()
             await pub.close()

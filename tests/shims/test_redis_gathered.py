@@ -16,9 +16,7 @@ from typing import Any
 import pytest
 
 from proxystore_stream import AsyncStreamConsumer
-from proxystore_stream import AsyncStreamProducer
 from proxystore_stream import StreamConsumer
-from proxystore_stream import StreamProducer
 from proxystore_stream._core.detached import attach
 from proxystore_stream._core.detached import detach
 from proxystore_stream._core.envelope import EMPTY_METADATA
@@ -27,6 +25,8 @@ from proxystore_stream._core.envelope import single_inline_tail
 from tests.shims.detached_cases import assert_delivered
 from tests.shims.detached_cases import detached_kinds
 from tests.shims.detached_cases import objects_around
+from tests.shims.detached_cases import send_cases
+from tests.shims.detached_cases import send_cases_async
 
 redis = pytest.importorskip("redis")
 
@@ -115,10 +115,7 @@ def test_the_stream_producer_hands_large_objects_over_detached(topic: str) -> No
         _CountingQueuePublisher(HOST, PORT) as pub,
         RedisQueueSubscriber(HOST, PORT, topic) as sub,
     ):
-        producer: StreamProducer[Any] = StreamProducer(pub)
-        for obj, metadata, _ in OBJECTS:
-            producer.send(topic, obj, metadata=metadata)
-        producer.close(topics=[topic], publisher=False)
+        send_cases(pub, topic, OBJECTS)
         consumer: StreamConsumer[Any] = StreamConsumer(sub, timeout=10)
         assert_delivered(list(consumer.iter_with_metadata()), OBJECTS)
         assert pub.detached == sum(detached_kinds(OBJECTS))
@@ -137,10 +134,7 @@ def test_async_twins_deliver_large_objects(topic: str, mode: str) -> None:
             sub = AsyncRedisSubscriber(HOST, PORT, topic)
         try:
             await sub.open()
-            producer: AsyncStreamProducer[Any] = AsyncStreamProducer(pub)
-            for obj, metadata, _ in OBJECTS:
-                await producer.send(topic, obj, metadata=metadata)
-            await producer.close(topics=[topic], publisher=False)
+            await send_cases_async(pub, topic, OBJECTS)
             consumer: AsyncStreamConsumer[Any] = AsyncStreamConsumer(sub, timeout=10)
             return [item async for item in consumer.iter_with_metadata()]
         finally:

@@ -25,8 +25,11 @@ from proxystore_stream.shims.zmq import AsyncZeroMQPublisher
 from proxystore_stream.shims.zmq import AsyncZeroMQSubscriber
 from proxystore_stream.shims.zmq import ZeroMQPublisher
 from proxystore_stream.shims.zmq import ZeroMQSubscriber
+from tests.shims.detached_cases import DetachedCapture
 from tests.shims.detached_cases import assert_delivered
 from tests.shims.detached_cases import detached_kinds
+from tests.shims.detached_cases import send_cases
+from tests.shims.detached_cases import send_cases_async
 
 LOCAL = "127.0.0.1"
 BIG = DETACH_THRESHOLD
@@ -60,10 +63,7 @@ def test_large_objects_travel_detached_and_arrive_whole(
     endpoints: tuple[ZeroMQPublisher, ZeroMQSubscriber, ZeroMQSubscriber],
 ) -> None:
     pub, consumer_side, raw_side = endpoints
-    with StreamProducer[Any](pub) as producer:
-        for obj, metadata, _ in OBJECTS:
-            producer.send("t", obj, metadata=metadata)
-        producer.close(topics=["t"], publisher=False)
+    send_cases(pub, "t", OBJECTS)
     consumer: StreamConsumer[Any] = StreamConsumer(consumer_side, timeout=10)
     assert_delivered(list(consumer.iter_with_metadata()), OBJECTS)
     messages = [raw_side.receive_detached(10) for _ in range(len(OBJECTS) + 1)]
@@ -153,24 +153,11 @@ def foreign() -> Iterator[tuple[_ForeignPublisher, ZeroMQSubscriber]]:
 
 def _detached_envelope(data_frame: bytes) -> tuple[bytes, bytes]:
     """A real detached message's envelope and frame, as the producer makes them."""
-    sent: list[tuple[bytes, list[Any]]] = []
-
-    class Capture:
-        detach_threshold = 0
-
-        def send(self, topic: str, message: bytes) -> None:
-            raise AssertionError("expected a detached send")
-
-        def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
-            sent.append((message, frames))
-
-        def close(self) -> None:
-            """Nothing to close."""
-
-    producer: StreamProducer[bytes] = StreamProducer(Capture())  # type: ignore[arg-type]
+    capture = DetachedCapture()
+    producer: StreamProducer[bytes] = StreamProducer(capture)
     producer._state._topic("t")  # skip the batch path of a topic's first object
     producer.send("t", data_frame)
-    ((message, frames),) = sent
+    ((message, frames),) = capture.sent
     return message, frames[0]
 
 
@@ -242,10 +229,7 @@ def test_async_twins_detach_and_join_the_same_way() -> None:
         raw_side = AsyncZeroMQSubscriber(pub.endpoint, topic="t")
         try:
             await pub.wait_for_subscribers("t", 2)
-            producer: AsyncStreamProducer[Any] = AsyncStreamProducer(pub)
-            for obj, metadata, _ in OBJECTS:
-                await producer.send("t", obj, metadata=metadata)
-            await producer.close(topics=["t"], publisher=False)
+            await send_cases_async(pub, "t", OBJECTS)
             consumer: AsyncStreamConsumer[Any] = AsyncStreamConsumer(consumer_side, timeout=10)
             got = [obj async for obj in consumer]
             kinds = []
