@@ -1,7 +1,11 @@
 """Bench target for ZeroMQ: ``zmq`` (PUB/SUB over tcp:// on 127.0.0.1).
 
 Both sides bind a free loopback port and use the same high-water mark
-(`DEFAULT_HWM`), so the comparison measures the shim, not a queue size.
+(`DEFAULT_HWM`), and on each side publisher and subscriber share one
+context (one ZeroMQ I/O thread, as bare pyzmq's guide does it), so the
+comparison measures the shim, not a queue size or a thread count. A
+publisher's own context would add a second I/O thread, which on two cores
+costs about a quarter more CPU per 1 MiB message (see docs/shims/zmq.md).
 `open_async_endpoints` gives the zmq.asyncio twins, set up the same way.
 
 Run ``python -m proxystore_stream.cli.targets.zmq`` for a smoke check and a
@@ -16,6 +20,7 @@ from typing import Any
 
 try:
     import zmq
+    import zmq.asyncio
 except ImportError as e:  # pragma: no cover - exercised by the extras test
     from proxystore_stream.exceptions import require
 
@@ -51,9 +56,10 @@ def open_endpoints(name: str, topic: str) -> tuple[ZeroMQPublisher, ZeroMQSubscr
         StreamTimeoutError: If the subscription does not arrive in 10 s.
     """
     _check(name)
-    publisher = ZeroMQPublisher("127.0.0.1", 0)
+    context: zmq.Context[Any] = zmq.Context.instance()
+    publisher = ZeroMQPublisher("127.0.0.1", 0, context=context)
     try:
-        subscriber = ZeroMQSubscriber(publisher.endpoint, topic=topic)
+        subscriber = ZeroMQSubscriber(publisher.endpoint, topic=topic, context=context)
         try:
             publisher.wait_for_subscribers(topic, timeout=_READY_TIMEOUT)
         except BaseException:
@@ -82,9 +88,10 @@ async def open_async_endpoints(
         StreamTimeoutError: If the subscription does not arrive in 10 s.
     """
     _check(name)
-    publisher = AsyncZeroMQPublisher("127.0.0.1", 0)
+    context = zmq.asyncio.Context.instance()
+    publisher = AsyncZeroMQPublisher("127.0.0.1", 0, context=context)
     try:
-        subscriber = AsyncZeroMQSubscriber(publisher.endpoint, topic=topic)
+        subscriber = AsyncZeroMQSubscriber(publisher.endpoint, topic=topic, context=context)
         try:
             await publisher.wait_for_subscribers(topic, timeout=_READY_TIMEOUT)
         except BaseException:
