@@ -25,6 +25,7 @@ from proxystore_stream.exceptions import BrokerConnectionError
 from proxystore_stream.exceptions import MalformedMessageError
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
+from proxystore_stream.shims.zmq import DEFAULT_ASYNC_ZERO_COPY_THRESHOLD
 from proxystore_stream.shims.zmq import DEFAULT_HWM
 from proxystore_stream.shims.zmq import DEFAULT_ZERO_COPY_THRESHOLD
 from proxystore_stream.shims.zmq import DETACH_THRESHOLD
@@ -328,6 +329,8 @@ def test_zero_copy_threshold_reaches_every_sending_socket(threshold: int | None)
     with ZeroMQPublisher(LOCAL, 0, **kwargs) as pub:
         assert pub._socket.copy_threshold == expected
         assert pub.detach_threshold == DETACH_THRESHOLD
+    if threshold is None:  # async: its own default (it copies on the event loop)
+        expected = DEFAULT_ASYNC_ZERO_COPY_THRESHOLD
 
     async def main() -> tuple[int, int, int]:
         async with AsyncZeroMQPublisher(LOCAL, 0, **kwargs) as apub:
