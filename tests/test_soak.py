@@ -15,8 +15,8 @@ from proxystore_stream.cli import main
 from proxystore_stream.cli.soak import SoakConfig
 from proxystore_stream.cli.soak import SoakReport
 from proxystore_stream.cli.soak import _count
-from proxystore_stream.cli.soak import _Spec
 from proxystore_stream.cli.soak import run_soak
+from proxystore_stream.cli.soak_roles import Spec as _Spec
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.shims.queue import QueuePublisher
 from proxystore_stream.shims.queue import QueueSubscriber
@@ -91,6 +91,59 @@ def test_redis_queue_through_the_command_line(tmp_path: Path) -> None:
     assert data["received"] == data["unique"] == data["expected"] == data["sent"]
     assert (data["lost"], data["duplicated"], data["corrupt"]) == (0, 0, 0)
     assert data["messages_per_second"] > 0
+    assert len(data["processes"]) == 4
+
+
+def test_async_queue_processes_with_file_store_count_every_message(tmp_path: Path) -> None:
+    config = SoakConfig(
+        shim="queue",
+        seconds=2,
+        size=4096,
+        store="file",
+        drain_seconds=20,
+        directory=str(tmp_path),
+        use_async=True,
+    )
+    report = run_soak(config)
+    assert_nothing_lost(report)
+    assert report.store_leftover == 0, "every stored object was evicted by its consumer"
+    labels = sorted(p.label for p in report.processes)
+    assert labels == ["consumer 0", "consumer 1", "producer 0", "producer 1"]
+
+
+def test_async_local_tasks_of_one_loop_fan_out_with_memory_store() -> None:
+    # 2 producers and 5 consumers: more roles than asyncio's default thread
+    # pool has workers, so no role may wait for the start in a worker thread.
+    config = SoakConfig(
+        shim="local",
+        seconds=2,
+        producers=2,
+        consumers=5,
+        size=64,
+        store="memory",
+        use_async=True,
+    )
+    report = run_soak(config)
+    assert_nothing_lost(report, deliveries_per_message=5)
+    assert [p.label for p in report.processes] == ["threads"]
+
+
+@pytest.mark.parametrize(
+    ("shim", "port"),
+    [("redis-queue", 6379), ("redis-stream", 6379), ("rabbitmq-queue", 5672)],
+)
+def test_async_broker_shims_through_the_command_line(tmp_path: Path, shim: str, port: int) -> None:
+    require_broker(shim, "127.0.0.1", port)
+    out = tmp_path / "soak.json"
+    code = main(
+        ["soak", "--shim", shim, "--async", "--seconds", "2", "--size", "100", "--json", str(out)],
+    )
+    data = json.loads(out.read_text())
+    assert code == 0, data["failures"]
+    assert data["config"]["use_async"] is True
+    assert data["sent"] > 0
+    assert data["received"] == data["unique"] == data["expected"] == data["sent"]
+    assert (data["lost"], data["duplicated"], data["corrupt"]) == (0, 0, 0)
     assert len(data["processes"]) == 4
 
 
@@ -209,8 +262,9 @@ def test_competing_queue_subscribers_honour_their_timeout() -> None:
 
 
 @pytest.mark.skipif(not os.environ.get("PSS_LONG_SOAK"), reason="set PSS_LONG_SOAK=1")
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("shim", ["queue", "redis-stream", "rabbitmq-queue"])
-def test_long_soak(shim: str) -> None:
+def test_long_soak(shim: str, use_async: bool) -> None:
     """The 60 s soak of the closing note; not part of the default run."""
-    report = run_soak(SoakConfig(shim=shim, seconds=60))
+    report = run_soak(SoakConfig(shim=shim, seconds=60, use_async=use_async))
     assert report.failures() == []

@@ -230,6 +230,12 @@ def _add_soak(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         default=30.0,
         help="seconds after sending to wait for the last messages at most (default: 30)",
     )
+    soak.add_argument(
+        "--async",
+        dest="use_async",
+        action="store_true",
+        help="drive AsyncStreamProducer/AsyncStreamConsumer and the async shims",
+    )
     soak.add_argument("--dir", default=None, help="where the file store writes (default: temp)")
     soak.add_argument(
         "--json",
@@ -313,6 +319,7 @@ def _soak(args: argparse.Namespace, console: Console, errors: Console) -> int:
         max_in_flight=args.max_in_flight,
         drain_seconds=args.drain_seconds,
         directory=args.dir,
+        use_async=args.use_async,
     )
     quiet = args.json == "-"
     try:

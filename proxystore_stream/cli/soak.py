@@ -8,11 +8,15 @@
 
 Producers and consumers are separate processes (``spawn``), except for the
 in-process ``local`` shim, whose producers and consumers are threads of one
-process. For `--seconds` every producer sends objects of `--size` bytes
-through `StreamProducer`; each object starts with (producer index, sequence
-number), and the same pair travels in its metadata. Consumers read with
-`StreamConsumer`, fetch stored objects, check that every payload matches its
-metadata, and keep one bitmap of received sequence numbers per producer.
+process. With ``--async`` they use the async twins instead: each process
+runs its role on an event loop, and ``local`` runs every role as a task of
+one loop (`cli.soak_roles` holds the code that runs in the processes).
+For `--seconds` every producer sends objects of `--size` bytes through
+`StreamProducer` (or `AsyncStreamProducer`); each object starts with
+(producer index, sequence number), and the same pair travels in its
+metadata. Consumers read with `StreamConsumer` (or its twin), fetch
+stored objects, check that every payload matches its metadata, and keep
+one bitmap of received sequence numbers per producer.
 
 Counting, at the end:
 
@@ -48,15 +52,13 @@ import multiprocessing
 import os
 import queue as queue_module
 import shutil
-import struct
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +66,17 @@ from rich.console import Console
 from rich.console import Group
 from rich.table import Table
 
+from proxystore_stream.cli.soak_roles import MIN_SIZE
+from proxystore_stream.cli.soak_roles import REPORT_SECONDS
+from proxystore_stream.cli.soak_roles import SETUP_SECONDS
+from proxystore_stream.cli.soak_roles import Shared as _Shared
+from proxystore_stream.cli.soak_roles import Spec as _Spec
+from proxystore_stream.cli.soak_roles import in_process_main
+from proxystore_stream.cli.soak_roles import open_publisher
+from proxystore_stream.cli.soak_roles import role_main
+
 __all__ = [
+    "MIN_SIZE",
     "SHIMS",
     "ProcessMemory",
     "ShimInfo",
@@ -76,24 +88,9 @@ __all__ = [
     "write_json",
 ]
 
-SETUP_SECONDS = 60.0
-"""Seconds every process has to connect and report ready."""
 DRAIN_IDLE_SECONDS = 3.0
 """After the producers finished, stop once nothing arrived for this long."""
-REPORT_SECONDS = 20.0
-"""Seconds to wait for the processes' reports after the consumers were stopped."""
-SAMPLE_SECONDS = 0.1
-"""How often each process samples its resident set size."""
-POLL_SECONDS = 0.2
-"""How long a consumer waits for a message before checking whether to stop."""
-COUNT_EVERY = 64
-"""Producers and consumers publish their counts every this many messages."""
-LOCAL_MAXSIZE = 1024
-"""Buffer of each `local` subscriber (block policy)."""
 
-_HEADER = struct.Struct(">IQ")
-MIN_SIZE = _HEADER.size
-"""The smallest payload: producer index and sequence number."""
 STORES = ("none", "file", "memory")
 
 
@@ -150,6 +147,10 @@ class SoakConfig:
         max_in_flight: Messages sent but not yet received at most.
         drain_seconds: Seconds after `seconds` to wait for the last messages.
         directory: Where the file store writes (default: a temp dir).
+        use_async: Drive the async twins (`AsyncStreamProducer`,
+            `AsyncStreamConsumer`, the shim's async classes): each process
+            runs its role on an event loop; ``local`` runs every role as a
+            task of one loop.
     """
 
     shim: str = "queue"
@@ -162,6 +163,7 @@ class SoakConfig:
     max_in_flight: int = 10_000
     drain_seconds: float = 30.0
     directory: str | None = None
+    use_async: bool = False
 
     def check(self) -> ShimInfo:
         """Return the shim's info.
@@ -283,367 +285,6 @@ class SoakReport:
         return data
 
 
-# --- in the producer and consumer processes -----------------------------------
-
-
-@dataclass(frozen=True)
-class _Spec:
-    """Everything a producer or consumer needs (pickled to each process)."""
-
-    shim: str
-    topic: str
-    size: int
-    store: str
-    store_dir: str
-    batch_size: int
-    producers: int
-    consumers: int
-    max_in_flight: int
-    seconds: float
-    fanout: bool
-    redis_url: str
-    rabbitmq_url: str
-
-
-@dataclass(frozen=True)
-class _Shared:
-    """Primitives shared by the parent and every process."""
-
-    results: Any  # multiprocessing.Queue of (kind, label, payload)
-    go: Any  # Event: start streaming
-    stop: Any  # Event: consumers stop
-    sent: Any  # RawArray: messages sent, one slot per producer (single writer)
-    received: Any  # RawArray: messages received, one slot per consumer
-    queue: Any  # the multiprocessing.Queue of the queue shim, or None
-
-
-def _rss_kb() -> int:
-    """This process's resident set size in KiB (peak RSS where /proc is missing)."""
-    try:
-        with open("/proc/self/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-
-
-class _RssSampler:
-    """Samples RSS in a daemon thread between `begin()` and `end()`."""
-
-    def __init__(self) -> None:
-        self.start_kb = 0
-        self.peak_kb = 0
-        self.end_kb = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def begin(self) -> None:
-        self.start_kb = self.peak_kb = _rss_kb()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(SAMPLE_SECONDS):
-            self.peak_kb = max(self.peak_kb, _rss_kb())
-
-    def end(self) -> None:
-        if self._thread is None or self._stop.is_set():
-            return
-        self._stop.set()
-        self._thread.join(1.0)
-        self.end_kb = _rss_kb()
-        self.peak_kb = max(self.peak_kb, self.end_kb)
-
-    def report(self) -> dict[str, int] | None:
-        if self._thread is None:
-            return None
-        self.end()
-        return {
-            "start_kb": self.start_kb,
-            "peak_growth_kb": self.peak_kb - self.start_kb,
-            "end_growth_kb": self.end_kb - self.start_kb,
-        }
-
-
-def _open_publisher(spec: _Spec, shared: _Shared) -> Any:
-    if spec.shim == "queue":
-        from proxystore_stream.shims.queue import QueuePublisher
-
-        return QueuePublisher({spec.topic: shared.queue})
-    if spec.shim == "redis-queue":
-        from proxystore_stream.shims.redis import RedisQueuePublisher
-
-        return RedisQueuePublisher.from_url(spec.redis_url)
-    if spec.shim == "redis-stream":
-        from proxystore_stream.shims.redis import RedisStreamPublisher
-
-        return RedisStreamPublisher.from_url(spec.redis_url)
-    from proxystore_stream.shims.rabbitmq import RabbitMQPublisher
-
-    return RabbitMQPublisher(url=spec.rabbitmq_url, mode="queue", queue_arguments=_QUEUE_ARGS)
-
-
-def _open_subscriber(spec: _Spec, shared: _Shared, index: int) -> Any:
-    if spec.shim == "queue":
-        from proxystore_stream.shims.queue import QueueSubscriber
-
-        return QueueSubscriber(shared.queue)
-    if spec.shim == "redis-queue":
-        from proxystore_stream.shims.redis import RedisQueueSubscriber
-
-        return RedisQueueSubscriber.from_url(spec.redis_url, spec.topic)
-    if spec.shim == "redis-stream":
-        from proxystore_stream.shims.redis import RedisStreamSubscriber
-
-        return RedisStreamSubscriber.from_url(
-            spec.redis_url,
-            spec.topic,
-            group=spec.topic,
-            consumer=f"consumer-{index}",
-        )
-    from proxystore_stream.shims.rabbitmq import RabbitMQSubscriber
-
-    return RabbitMQSubscriber(
-        spec.topic,
-        url=spec.rabbitmq_url,
-        mode="queue",
-        queue_arguments=_QUEUE_ARGS,
-    )
-
-
-# RabbitMQ work queues made by a soak expire once unused for a minute.
-_QUEUE_ARGS = {"x-expires": 60_000}
-
-
-def _open_store(spec: _Spec) -> Any:
-    if spec.store == "none":
-        return None
-    from proxystore_stream.store.base import Store
-
-    if spec.store == "file":
-        from proxystore_stream.store.connectors.file import FileConnector
-
-        return Store(f"soak-{spec.topic}", FileConnector(spec.store_dir))
-    from proxystore_stream.store.connectors.memory import MemoryConnector
-
-    return Store(f"soak-{spec.topic}", MemoryConnector())
-
-
-def _ready(shared: _Shared, label: str) -> bool:
-    """Report ready and wait for the start; False if it never came."""
-    shared.results.put(("ready", label, None))
-    return bool(shared.go.wait(SETUP_SECONDS))
-
-
-def _in_flight(spec: _Spec, shared: _Shared) -> int:
-    delivered = int(sum(shared.received))
-    if spec.fanout:
-        delivered //= spec.consumers
-    return int(sum(shared.sent)) - delivered
-
-
-def _produce(spec: _Spec, shared: _Shared, index: int, publisher: Any, store: Any) -> None:
-    """Send for `spec.seconds`, then report the count (runs in a process or thread)."""
-    from proxystore_stream.producer import StreamProducer
-
-    label = f"producer {index}"
-    producer: StreamProducer[bytes] = StreamProducer(
-        publisher,
-        default_store=store,
-        batch_size=spec.batch_size,
-    )
-    body = b"\xa5" * (spec.size - _HEADER.size)
-    # On fan-out shims several consumers read each stored object: none evicts it.
-    evict = not spec.fanout
-    if not _ready(shared, label):
-        return
-    clock = time.monotonic
-    start = clock()
-    deadline = start + spec.seconds
-    seq = 0
-    while True:
-        if not seq % COUNT_EVERY:
-            shared.sent[index] = seq
-            now = clock()
-            if now >= deadline:
-                break
-            while _in_flight(spec, shared) > spec.max_in_flight and clock() < deadline:
-                time.sleep(0.001)  # flow control: let the consumers catch up
-        producer.send(
-            spec.topic,
-            _HEADER.pack(index, seq) + body,
-            evict=evict,
-            metadata={"p": index, "s": seq},
-        )
-        seq += 1
-    producer.flush()
-    shared.sent[index] = seq
-    shared.results.put(("producer", label, {"sent": seq, "seconds": clock() - start}))
-
-
-def _consume(spec: _Spec, shared: _Shared, index: int, subscriber: Any) -> None:
-    """Receive until told to stop, then report what arrived (process or thread)."""
-    from proxystore_stream.consumer import StreamConsumer
-    from proxystore_stream.exceptions import StreamTimeoutError
-
-    label = f"consumer {index}"
-    consumer: StreamConsumer[bytes] = StreamConsumer(subscriber)
-    bitmaps = [bytearray() for _ in range(spec.producers)]
-    received = corrupt = 0
-    last = 0.0
-    if not _ready(shared, label):
-        return
-    clock = time.monotonic
-    while True:
-        try:
-            metadata, data = consumer.next_object_with_metadata(POLL_SECONDS)
-        except StreamTimeoutError:
-            shared.received[index] = received
-            if shared.stop.is_set():
-                break
-            continue
-        except StopIteration:
-            break
-        last = clock()
-        received += 1
-        producer, seq = metadata.get("p"), metadata.get("s")
-        if (
-            type(producer) is not int
-            or type(seq) is not int
-            or not 0 <= producer < spec.producers
-            or seq < 0
-            or len(data) != spec.size
-            or _HEADER.unpack_from(data) != (producer, seq)
-        ):
-            corrupt += 1
-            continue
-        bitmap = bitmaps[producer]
-        byte = seq >> 3
-        if byte >= len(bitmap):
-            bitmap.extend(bytes(max(byte + 1 - len(bitmap), len(bitmap))))
-        bitmap[byte] |= 1 << (seq & 7)
-        if not received % COUNT_EVERY:
-            shared.received[index] = received
-            if shared.stop.is_set():
-                break
-    shared.received[index] = received
-    ack = getattr(subscriber, "ack", None)
-    if ack is not None:
-        with contextlib.suppress(Exception):
-            ack()  # the last message is otherwise acknowledged only by the next receive
-    shared.results.put(
-        (
-            "consumer",
-            label,
-            {
-                "received": received,
-                "corrupt": corrupt,
-                "bitmaps": [bytes(b) for b in bitmaps],
-                "last": last,
-            },
-        ),
-    )
-
-
-def _guarded(shared: _Shared, label: str, work: Callable[[], None]) -> None:
-    try:
-        work()
-    except BaseException as exc:  # reported to the parent, which fails the run
-        shared.results.put(("error", label, f"{type(exc).__name__}: {exc}"))
-
-
-def _role_main(spec: _Spec, shared: _Shared, role: str, index: int) -> None:
-    """Entry point of one producer or consumer process."""
-    label = f"{role} {index}"
-    sampler = _RssSampler()
-    endpoint: Any = None
-
-    def run() -> None:
-        nonlocal endpoint
-        if role == "producer":
-            store = _open_store(spec)
-            endpoint = _open_publisher(spec, shared)
-            threading.Thread(target=_begin_on_go, args=(shared, sampler), daemon=True).start()
-            _produce(spec, shared, index, endpoint, store)
-        else:
-            endpoint = _open_subscriber(spec, shared, index)
-            threading.Thread(target=_begin_on_go, args=(shared, sampler), daemon=True).start()
-            _consume(spec, shared, index, endpoint)
-        sampler.end()
-
-    try:
-        _guarded(shared, label, run)
-    finally:
-        if endpoint is not None:
-            with contextlib.suppress(Exception):
-                endpoint.close()
-        shared.results.put(("memory", label, sampler.report()))
-
-
-def _begin_on_go(shared: _Shared, sampler: _RssSampler) -> None:
-    if shared.go.wait(SETUP_SECONDS):
-        sampler.begin()
-
-
-def _threads_main(spec: _Spec, shared: _Shared) -> None:
-    """Entry point of the one process of an in-process shim: a thread per role."""
-    from proxystore_stream.shims.local import LocalBroker
-    from proxystore_stream.shims.local import LocalPublisher
-    from proxystore_stream.shims.local import LocalSubscriber
-
-    sampler = _RssSampler()
-    broker = LocalBroker()
-    endpoints: list[Any] = []
-    threads: list[threading.Thread] = []
-    try:
-        store = _open_store(spec)
-        for index in range(spec.consumers):
-            subscriber = LocalSubscriber(broker, spec.topic, maxsize=LOCAL_MAXSIZE)
-            endpoints.append(subscriber)
-            threads.append(_thread(shared, f"consumer {index}", _consume, spec, index, subscriber))
-        for index in range(spec.producers):
-            # A send waits for room at most this long: a dead consumer is an error, not a hang.
-            publisher = LocalPublisher(broker, timeout=30.0)
-            endpoints.append(publisher)
-            threads.append(
-                _thread(shared, f"producer {index}", _produce, spec, index, publisher, store),
-            )
-        for thread in threads:
-            thread.start()
-        if shared.go.wait(SETUP_SECONDS):
-            sampler.begin()
-        deadline = time.monotonic() + SETUP_SECONDS + spec.seconds + REPORT_SECONDS
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        sampler.end()
-    except BaseException as exc:
-        shared.results.put(("error", "threads", f"{type(exc).__name__}: {exc}"))
-    finally:
-        for endpoint in endpoints:
-            with contextlib.suppress(Exception):
-                endpoint.close()
-        shared.results.put(("memory", "threads", sampler.report()))
-
-
-def _thread(
-    shared: _Shared,
-    label: str,
-    work: Callable[..., None],
-    spec: _Spec,
-    *args: Any,
-) -> threading.Thread:
-    return threading.Thread(
-        target=_guarded,
-        args=(shared, label, lambda: work(spec, shared, *args)),
-        name=f"soak-{label}",
-        daemon=True,
-    )
-
-
 # --- in the parent -------------------------------------------------------------
 
 
@@ -662,7 +303,9 @@ def _preflight(spec: _Spec) -> None:
     if spec.shim in ("queue", "local"):
         return
     try:
-        _open_publisher(spec, _Shared(None, None, None, None, None, None)).close()
+        # The sync publisher, whatever the run uses: one connect and close.
+        blank = _Shared(None, None, None, None, None, None)
+        open_publisher(replace(spec, use_async=False), blank).close()
     except BrokerConnectionError as exc:
         raise SoakError(f"cannot reach the broker of {spec.shim!r}: {exc}") from None
 
@@ -744,13 +387,13 @@ def _count(report: SoakReport, spec: _Spec, done: dict[str, dict[str, Any]]) -> 
 
 def _processes(spec: _Spec, shared: _Shared, ctx: Any) -> list[Any]:
     if spec.shim == "local":
-        return [ctx.Process(target=_threads_main, args=(spec, shared), name="pss-soak-threads")]
+        return [ctx.Process(target=in_process_main, args=(spec, shared), name="pss-soak-threads")]
     # Consumers first: they subscribe before anything is sent.
     roles = [("consumer", i) for i in range(spec.consumers)]
     roles += [("producer", i) for i in range(spec.producers)]
     return [
         ctx.Process(
-            target=_role_main,
+            target=role_main,
             args=(spec, shared, role, index),
             name=f"pss-soak-{role}-{index}",
         )
@@ -790,6 +433,7 @@ def run_soak(config: SoakConfig, console: Console | None = None) -> SoakReport:
         fanout=info.fanout,
         redis_url=_redis_url(),
         rabbitmq_url=_rabbitmq_url(),
+        use_async=config.use_async,
     )
     report = SoakReport(config, info.transport, info.fanout, info.redelivers)
     try:
@@ -917,7 +561,10 @@ def _kib(kb: int) -> str:
 def report_tables(report: SoakReport) -> Group:
     """Return the counts table and the memory table of a report."""
     config = report.config
-    roles = "threads" if SHIMS[config.shim].threads else "processes"
+    if SHIMS[config.shim].threads:
+        roles = "tasks of one event loop" if config.use_async else "threads"
+    else:
+        roles = "processes, async" if config.use_async else "processes"
     counts = Table(
         title=(
             f"soak {config.shim}, store {config.store}: {config.producers} producers x "
