@@ -147,6 +147,19 @@ def test_async_broker_shims_through_the_command_line(tmp_path: Path, shim: str, 
     assert len(data["processes"]) == 4
 
 
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize(("shim", "port"), [("redis", 6379), ("rabbitmq", 5672)])
+def test_fan_out_broker_shims_give_every_consumer_every_message(
+    shim: str, port: int, use_async: bool
+) -> None:
+    require_broker(shim, "127.0.0.1", port)
+    config = SoakConfig(shim=shim, seconds=2, consumers=3, size=256, use_async=use_async)
+    report = run_soak(config)
+    assert report.fanout is True
+    assert_nothing_lost(report, deliveries_per_message=3)
+    assert len(report.processes) == 5
+
+
 def _spec(*, fanout: bool, producers: int = 2, consumers: int = 2) -> _Spec:
     return _Spec(
         shim="local" if fanout else "queue",

@@ -120,8 +120,10 @@ SHIMS: dict[str, ShimInfo] = {
     for info in (
         ShimInfo("queue", False, False, False, "multiprocessing.Queue (bounded)"),
         ShimInfo("local", True, True, False, "LocalBroker, block policy, threads"),
+        ShimInfo("redis", True, False, False, "Redis pub/sub"),
         ShimInfo("redis-queue", False, False, True, "Redis list"),
         ShimInfo("redis-stream", False, False, True, "Redis stream, one consumer group"),
+        ShimInfo("rabbitmq", True, False, False, "RabbitMQ fan-out exchange"),
         ShimInfo("rabbitmq-queue", False, False, True, "RabbitMQ durable work queue"),
     )
 }
@@ -318,14 +320,18 @@ def _cleanup(spec: _Spec) -> None:
 
             with redis.Redis.from_url(spec.redis_url) as client:
                 client.delete(spec.topic)
-        elif spec.shim == "rabbitmq-queue":
+        elif spec.shim.startswith("rabbitmq"):
             import pika
 
             from proxystore_stream.shims.rabbitmq import DEFAULT_PREFIX
 
             connection = pika.BlockingConnection(pika.URLParameters(spec.rabbitmq_url))
             try:
-                connection.channel().queue_delete(DEFAULT_PREFIX + spec.topic)
+                channel = connection.channel()
+                if spec.shim == "rabbitmq":
+                    channel.exchange_delete(DEFAULT_PREFIX + spec.topic)
+                else:
+                    channel.queue_delete(DEFAULT_PREFIX + spec.topic)
             finally:
                 connection.close()
 

@@ -174,7 +174,9 @@ def open_publisher(spec: Spec, shared: Shared) -> Any:
     if spec.shim.startswith("redis"):
         from proxystore_stream.shims import redis
 
-        if spec.shim == "redis-queue":
+        if spec.shim == "redis":
+            cls = redis.AsyncRedisPublisher if use_async else redis.RedisPublisher
+        elif spec.shim == "redis-queue":
             cls = redis.AsyncRedisQueuePublisher if use_async else redis.RedisQueuePublisher
         else:
             cls = redis.AsyncRedisStreamPublisher if use_async else redis.RedisStreamPublisher
@@ -182,16 +184,24 @@ def open_publisher(spec: Spec, shared: Shared) -> Any:
     from proxystore_stream.shims import rabbitmq
 
     cls = rabbitmq.AsyncRabbitMQPublisher if use_async else rabbitmq.RabbitMQPublisher
+    if spec.shim == "rabbitmq":
+        return cls(url=spec.rabbitmq_url, mode="fanout")
     return cls(url=spec.rabbitmq_url, mode="queue", queue_arguments=_QUEUE_ARGS)
 
 
 def _open_subscriber(spec: Spec, shared: Shared, index: int) -> Any:
+    """The shim's subscriber, subscribed (async ones once `_opened`); not `local`."""
     use_async = spec.use_async
     if spec.shim == "queue":
         from proxystore_stream.shims import queue
 
         cls: Any = queue.AsyncQueueSubscriber if use_async else queue.QueueSubscriber
         return cls(shared.queue)
+    if spec.shim == "redis":
+        from proxystore_stream.shims import redis
+
+        cls = redis.AsyncRedisSubscriber if use_async else redis.RedisSubscriber
+        return cls.from_url(spec.redis_url, spec.topic)
     if spec.shim == "redis-queue":
         from proxystore_stream.shims import redis
 
@@ -210,6 +220,8 @@ def _open_subscriber(spec: Spec, shared: Shared, index: int) -> Any:
     from proxystore_stream.shims import rabbitmq
 
     cls = rabbitmq.AsyncRabbitMQSubscriber if use_async else rabbitmq.RabbitMQSubscriber
+    if spec.shim == "rabbitmq":
+        return cls(spec.topic, url=spec.rabbitmq_url, mode="fanout")
     return cls(spec.topic, url=spec.rabbitmq_url, mode="queue", queue_arguments=_QUEUE_ARGS)
 
 
