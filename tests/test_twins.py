@@ -19,6 +19,11 @@ SHIM_MODULES = ["queue", "local", "redis", "zmq", "kafka", "rabbitmq"]
 # other method of these pairs must still match.
 DIFFERENT_CONSTRUCTORS = {"KafkaPublisher", "KafkaSubscriber"}
 
+# Defaults that differ on purpose, each measured and documented: the async
+# ZeroMQ publisher copies on the event loop, so it sends large payloads
+# without a copy from a lower size (DEFAULT_ASYNC_ZERO_COPY_THRESHOLD).
+DIFFERENT_DEFAULTS = {("ZeroMQPublisher", "__init__", "zero_copy_threshold")}
+
 
 def _public(cls: type) -> dict[str, inspect.Signature]:
     methods = {}
@@ -55,4 +60,6 @@ def test_twins_have_the_same_methods_and_signatures(sync: type, async_: type) ->
             continue
         assert list(signature.parameters) == list(async_methods[name].parameters), name
         for param, value in signature.parameters.items():
+            if (sync.__name__, name, param) in DIFFERENT_DEFAULTS:
+                continue
             assert value.default == async_methods[name].parameters[param].default, (name, param)
