@@ -21,6 +21,7 @@ from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.shims.queue import QueuePublisher
 from proxystore_stream.shims.queue import QueueSubscriber
 from tests.conftest import require_broker
+from tests.kafka_broker import bootstrap as kafka_bootstrap
 
 MIB = 1024
 
@@ -158,6 +159,17 @@ def test_fan_out_broker_shims_give_every_consumer_every_message(
     assert report.fanout is True
     assert_nothing_lost(report, deliveries_per_message=3)
     assert len(report.processes) == 5
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+def test_kafka_gives_every_consumer_group_every_message(
+    use_async: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PSS_KAFKA_BOOTSTRAP", kafka_bootstrap())
+    config = SoakConfig(shim="kafka", seconds=2, size=256, use_async=use_async)
+    report = run_soak(config)
+    assert report.fanout is True
+    assert_nothing_lost(report, deliveries_per_message=2)
 
 
 def _spec(*, fanout: bool, producers: int = 2, consumers: int = 2) -> _Spec:

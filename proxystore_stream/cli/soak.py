@@ -120,6 +120,7 @@ SHIMS: dict[str, ShimInfo] = {
     for info in (
         ShimInfo("queue", False, False, False, "multiprocessing.Queue (bounded)"),
         ShimInfo("local", True, True, False, "LocalBroker, block policy, threads"),
+        ShimInfo("kafka", True, False, True, "Kafka topic (1 partition), a group per consumer"),
         ShimInfo("redis", True, False, False, "Redis pub/sub"),
         ShimInfo("redis-queue", False, False, True, "Redis list"),
         ShimInfo("redis-stream", False, False, True, "Redis stream, one consumer group"),
@@ -294,6 +295,10 @@ def _redis_url() -> str:
     return os.environ.get("PSS_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
+def _kafka_bootstrap() -> str:
+    return os.environ.get("PSS_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+
+
 def _rabbitmq_url() -> str:
     return os.environ.get("PSS_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
@@ -320,6 +325,14 @@ def _cleanup(spec: _Spec) -> None:
 
             with redis.Redis.from_url(spec.redis_url) as client:
                 client.delete(spec.topic)
+        elif spec.shim == "kafka":
+            import kafka
+
+            admin = kafka.KafkaAdminClient(bootstrap_servers=spec.kafka_bootstrap)
+            try:
+                admin.delete_topics([spec.topic])
+            finally:
+                admin.close()
         elif spec.shim.startswith("rabbitmq"):
             import pika
 
@@ -440,6 +453,7 @@ def run_soak(config: SoakConfig, console: Console | None = None) -> SoakReport:
         redis_url=_redis_url(),
         rabbitmq_url=_rabbitmq_url(),
         use_async=config.use_async,
+        kafka_bootstrap=_kafka_bootstrap(),
     )
     report = SoakReport(config, info.transport, info.fanout, info.redelivers)
     try:

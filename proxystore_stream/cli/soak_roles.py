@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import struct
 import threading
 import time
@@ -82,6 +83,7 @@ class Spec:
     redis_url: str
     rabbitmq_url: str
     use_async: bool = False
+    kafka_bootstrap: str = ""
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,13 @@ def open_publisher(spec: Spec, shared: Shared) -> Any:
 
         cls: Any = queue.AsyncQueuePublisher if use_async else queue.QueuePublisher
         return cls({spec.topic: shared.queue})
+    if spec.shim == "kafka":
+        from proxystore_stream.cli.targets.kafka import PRODUCER
+        from proxystore_stream.shims import kafka
+
+        # The async twin's from_bootstrap is a coroutine: `_opened` awaits it.
+        cls = kafka.AsyncKafkaPublisher if use_async else kafka.KafkaPublisher
+        return cls.from_bootstrap(spec.kafka_bootstrap, **PRODUCER)
     if spec.shim.startswith("redis"):
         from proxystore_stream.shims import redis
 
@@ -197,6 +206,21 @@ def _open_subscriber(spec: Spec, shared: Shared, index: int) -> Any:
 
         cls: Any = queue.AsyncQueueSubscriber if use_async else queue.QueueSubscriber
         return cls(shared.queue)
+    if spec.shim == "kafka":
+        from proxystore_stream.cli.targets.kafka import CONSUMER
+        from proxystore_stream.shims import kafka
+
+        # A consumer group each: every consumer gets every message (fan-out).
+        group = f"{spec.topic}-{index}"
+        if use_async:  # a coroutine; `_opened` awaits it and waits for the assignment
+            return kafka.AsyncKafkaSubscriber.from_bootstrap(
+                spec.kafka_bootstrap, [spec.topic], group_id=group, **CONSUMER
+            )
+        subscriber = kafka.KafkaSubscriber.from_bootstrap(
+            spec.kafka_bootstrap, [spec.topic], group_id=group, **CONSUMER
+        )
+        subscriber.wait_assigned(SETUP_SECONDS / 2)
+        return subscriber
     if spec.shim == "redis":
         from proxystore_stream.shims import redis
 
@@ -240,10 +264,20 @@ def _open_store(spec: Spec) -> Any:
 
 
 async def _opened(endpoint: Any) -> Any:
-    """`endpoint`, connected (and subscribed) now if it has an async `open()`."""
+    """`endpoint` ready to use: connected and subscribed now.
+
+    An endpoint an async constructor is still making (Kafka's
+    ``from_bootstrap``) is awaited first; then its async ``open()`` runs, and
+    a Kafka subscriber waits until it holds its partitions.
+    """
+    if inspect.isawaitable(endpoint):
+        endpoint = await endpoint
     open_ = getattr(endpoint, "open", None)
     if open_ is not None:
         await open_()
+    wait_assigned = getattr(endpoint, "wait_assigned", None)
+    if wait_assigned is not None:
+        await wait_assigned(SETUP_SECONDS / 2)
     return endpoint
 
 
