@@ -215,11 +215,39 @@ def test_counting_finds_loss_and_duplicates_on_a_work_queue() -> None:
     assert (report.unique, report.lost, report.duplicated) == (5, 1, 1)
     assert report.failures() == [
         "1 of 6 deliveries lost",
+        "producer 0: 1 missing, seq 3..3 (the last ones sent)",
         "1 duplicates on a shim that never redelivers",
     ]
     redelivering = _report(SoakConfig(shim="queue"), redelivers=True)
     _count(redelivering, _spec(fanout=False), done)
-    assert redelivering.failures() == ["1 of 6 deliveries lost"]
+    assert redelivering.failures() == [
+        "1 of 6 deliveries lost",
+        "producer 0: 1 missing, seq 3..3 (the last ones sent)",
+    ]
+
+
+def test_counting_tells_holes_from_a_tail_not_yet_arrived() -> None:
+    done: dict[str, dict[str, Any]] = {
+        "producer 0": {"sent": 20},
+        "producer 1": {"sent": 20},
+        # Producer 0: seq 5 and 9 never came (holes); producer 1: 17..19 did not come yet.
+        "consumer 0": {
+            "received": 35,
+            "corrupt": 0,
+            "bitmaps": [
+                _bitmap(*(s for s in range(20) if s not in (5, 9))),
+                _bitmap(*range(17)),
+            ],
+        },
+        "consumer 1": {"received": 0, "corrupt": 0, "bitmaps": [b"", b""]},
+    }
+    report = _report(SoakConfig(shim="queue"))
+    _count(report, _spec(fanout=False), done)
+    assert report.lost == 5
+    assert report.missing == [
+        "producer 0: 2 missing, seq 5..9 (holes in what arrived)",
+        "producer 1: 3 missing, seq 17..19 (the last ones sent)",
+    ]
 
 
 def test_counting_fan_out_expects_every_message_at_every_consumer() -> None:
@@ -233,6 +261,9 @@ def test_counting_fan_out_expects_every_message_at_every_consumer() -> None:
     _count(report, _spec(fanout=True, producers=1), done)
     assert (report.expected, report.received, report.unique) == (6, 5, 5)
     assert (report.lost, report.duplicated) == (1, 0)
+    assert report.missing == [
+        "consumer 1, from producer 0: 1 missing, seq 2..2 (the last ones sent)",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,8 @@ after its connections are set up.
 
 Everything is bounded in time: setup (`SETUP_SECONDS`), streaming
 (`--seconds`), then draining until everything sent has arrived, nothing has
-arrived for `DRAIN_IDLE_SECONDS`, or `--drain-seconds` have passed.
+arrived for `DRAIN_IDLE_SECONDS` (Kafka: `KAFKA_DRAIN_IDLE_SECONDS`), or
+`--drain-seconds` have passed.
 Processes still running after that are terminated and reported as errors.
 
 The run fails (exit code 1) if a message was lost (every shim here promises
@@ -89,7 +90,13 @@ __all__ = [
 ]
 
 DRAIN_IDLE_SECONDS = 3.0
-"""After the producers finished, stop once nothing arrived for this long."""
+"""After the producers finished, stop once nothing arrived for this long.
+
+A shim may ask for longer (`ShimInfo.drain_idle`): a Kafka consumer that
+lost its group membership delivers nothing until it has joined again.
+"""
+KAFKA_DRAIN_IDLE_SECONDS = 20.0
+"""Kafka's idle wait: more than a session timeout (6 s) plus a group join."""
 
 STORES = ("none", "file", "memory")
 
@@ -106,6 +113,7 @@ class ShimInfo:
             crash or reconnect, so duplicates are reported but do not fail
             the run. Shims that never redeliver fail on any duplicate.
         transport: What carries the messages, for the report.
+        drain_idle: Seconds without a delivery after which draining stops.
     """
 
     name: str
@@ -113,6 +121,7 @@ class ShimInfo:
     threads: bool
     redelivers: bool
     transport: str
+    drain_idle: float = DRAIN_IDLE_SECONDS
 
 
 SHIMS: dict[str, ShimInfo] = {
@@ -120,7 +129,14 @@ SHIMS: dict[str, ShimInfo] = {
     for info in (
         ShimInfo("queue", False, False, False, "multiprocessing.Queue (bounded)"),
         ShimInfo("local", True, True, False, "LocalBroker, block policy, threads"),
-        ShimInfo("kafka", True, False, True, "Kafka topic (1 partition), a group per consumer"),
+        ShimInfo(
+            "kafka",
+            True,
+            False,
+            True,
+            "Kafka topic (1 partition), a group per consumer",
+            KAFKA_DRAIN_IDLE_SECONDS,
+        ),
         ShimInfo("redis", True, False, False, "Redis pub/sub"),
         ShimInfo("redis-queue", False, False, True, "Redis list"),
         ShimInfo("redis-stream", False, False, True, "Redis stream, one consumer group"),
@@ -231,6 +247,10 @@ class SoakReport:
         setup_seconds: Starting the processes and connecting.
         drain_seconds: From the end of sending to the end of receiving.
         store_leftover: Objects left in the file store (None: not checked).
+        missing: What did not arrive, one line per consumer (fan-out) or
+            per producer (work queue): how many, which sequence numbers,
+            and whether they are the last ones sent (a tail that had not
+            arrived yet) or holes in what arrived.
         processes: Memory of every process.
         errors: What went wrong in the processes, if anything.
     """
@@ -250,6 +270,7 @@ class SoakReport:
     setup_seconds: float = 0.0
     drain_seconds: float = 0.0
     store_leftover: int | None = None
+    missing: list[str] = field(default_factory=list)
     processes: list[ProcessMemory] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -270,6 +291,7 @@ class SoakReport:
             found.append("nothing was sent")
         if self.lost:
             found.append(f"{self.lost:,} of {self.expected:,} deliveries lost")
+            found.extend(self.missing)
         if self.corrupt:
             found.append(f"{self.corrupt:,} payloads did not match their metadata")
         if self.duplicated and not self.redelivers:
@@ -393,6 +415,11 @@ def _count(report: SoakReport, spec: _Spec, done: dict[str, dict[str, Any]]) -> 
     if spec.fanout:
         report.expected = report.sent * spec.consumers
         report.unique = sum(_popcount(b) for c in consumers for b in c["bitmaps"])
+        for index, c in enumerate(consumers):
+            for producer, bitmap in enumerate(c["bitmaps"]):
+                arrived = int.from_bytes(bitmap, "little")
+                where = f"consumer {index}, from producer {producer}"
+                report.missing.extend(_missing(where, arrived, sent[producer]))
     else:
         report.expected = report.sent
         for producer in range(spec.producers):
@@ -400,8 +427,22 @@ def _count(report: SoakReport, spec: _Spec, done: dict[str, dict[str, Any]]) -> 
             for c in consumers:
                 union |= int.from_bytes(c["bitmaps"][producer], "little")
             report.unique += union.bit_count()
+            report.missing.extend(_missing(f"producer {producer}", union, sent[producer]))
     report.lost = max(0, report.expected - report.unique)
     report.duplicated = max(0, report.received - report.corrupt - report.unique)
+
+
+def _missing(where: str, arrived: int, sent: int) -> list[str]:
+    """Describe which of sequence numbers 0..sent-1 are not set in `arrived` ([] if none)."""
+    absent = ~arrived & ((1 << sent) - 1)
+    count = absent.bit_count()
+    if not count:
+        return []
+    first = (absent & -absent).bit_length() - 1
+    last = absent.bit_length() - 1
+    tail = count == sent - first  # everything from the first gap on is missing
+    shape = "the last ones sent" if tail else "holes in what arrived"
+    return [f"{where}: {count:,} missing, seq {first:,}..{last:,} ({shape})"]
 
 
 def _processes(spec: _Spec, shared: _Shared, ctx: Any) -> list[Any]:
@@ -516,7 +557,7 @@ def _run(spec: _Spec, config: SoakConfig, report: SoakReport, console: Console) 
                     break
                 if total != last_total:
                     last_total, last_change = total, time.monotonic()
-                elif time.monotonic() - last_change > DRAIN_IDLE_SECONDS:
+                elif time.monotonic() - last_change > SHIMS[spec.shim].drain_idle:
                     break
                 status.update(_progress_text(shared, "draining"))
                 collector.poll(0.1)
