@@ -171,6 +171,8 @@ _GIVE_BACK_ERRORS: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, redis.Resp
 Command = tuple[Any, ...]
 Taken = tuple[int, bytes]
 """(topic index, message) of a message moved into a processing list."""
+Round = tuple[list[Command], Callable[[list[Any]], None]]
+"""One round trip: commands sent together, and what takes their replies."""
 
 
 def processing_list(topic: str, consumer: str) -> str:
@@ -312,6 +314,29 @@ class _Lists:
         taken = self.take_read_ahead(replies[trims:])
         if taken is not None:
             self.backlog.appendleft(taken)
+
+    def round_trips(self, wait: float) -> Iterator[Round]:
+        """The round trips of one receive: commands, and what takes their replies.
+
+        The caller sends each round's commands and applies their replies
+        before it asks for the next round: each step is planned from the
+        state the previous one left. Afterwards a message taken is at the
+        front of `backlog`; none means "pause, then try again".
+        """
+        if not self.synced:
+            yield self.sync_commands(), self.take_sync
+        trims, counts = self.trims()
+        if self.backlog:
+            if trims and self.acks_each():
+                yield trims, partial(self.take_trims, counts)
+            return
+        if self.reads_ahead():
+            moves = self.read_ahead_commands(wait)
+            yield [*trims, *moves], partial(self.take_read_ahead_round, counts)
+        else:
+            yield [*trims, self.move_command(wait)], partial(self.take_move_round, counts)
+        if not self.backlog and (follow := self.follow_command(wait)) is not None:
+            yield [follow], self.take_follow
 
     def _poll_command(self) -> Command:
         script = _ALLOW_OOM + _POLL if self.full else _POLL
@@ -604,26 +629,10 @@ class RedisQueueSubscriber(ClosingContext):
     def _round(self, wait: float) -> Taken | None:
         if self._closed:
             raise SubscriberClosedError("RedisQueueSubscriber is closed")
-        lists, connection = self._lists, self._connection
-
-        def run(commands: list[Command], take: Callable[[list[Any]], None]) -> None:
-            take(roundtrip(connection, commands, check=False))
-
+        lists = self._lists
         try:
-            if not lists.synced:
-                run(lists.sync_commands(), lists.take_sync)
-            trims, counts = lists.trims()
-            if lists.backlog:
-                if trims and lists.acks_each():
-                    run(trims, partial(lists.take_trims, counts))
-                return lists.backlog.popleft()
-            if lists.reads_ahead():
-                moves = lists.read_ahead_commands(wait)
-                run([*trims, *moves], partial(lists.take_read_ahead_round, counts))
-            else:
-                run([*trims, lists.move_command(wait)], partial(lists.take_move_round, counts))
-            if not lists.backlog and (follow := lists.follow_command(wait)) is not None:
-                run([follow], lists.take_follow)
+            for commands, take in lists.round_trips(wait):
+                take(roundtrip(self._connection, commands, check=False))
         except BaseException:
             lists.lost()
             raise
@@ -838,24 +847,10 @@ class AsyncRedisQueueSubscriber(AsyncOpeningContext):
         if self._closed:
             raise SubscriberClosedError("AsyncRedisQueueSubscriber is closed")
         lists = self._lists
-        run = partial(self._rounds.run, block=wait, deadline=deadline)
         try:
             await self._rounds.finish(deadline)
-            if not lists.synced:
-                await run(lists.sync_commands(), lists.take_sync)
-            trims, counts = lists.trims()
-            if lists.backlog:
-                if trims and lists.acks_each():
-                    await run(trims, partial(lists.take_trims, counts))
-                return lists.backlog.popleft()
-            if lists.reads_ahead():
-                moves = lists.read_ahead_commands(wait)
-                await run([*trims, *moves], partial(lists.take_read_ahead_round, counts))
-            else:
-                move = lists.move_command(wait)
-                await run([*trims, move], partial(lists.take_move_round, counts))
-            if not lists.backlog and (follow := lists.follow_command(wait)) is not None:
-                await run([follow], lists.take_follow)
+            for commands, take in lists.round_trips(wait):
+                await self._rounds.run(commands, take, block=wait, deadline=deadline)
         except StreamTimeoutError:
             raise  # the round stays in flight; nothing is lost
         except Exception:

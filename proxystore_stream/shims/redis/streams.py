@@ -841,7 +841,6 @@ class AsyncRedisStreamSubscriber(AsyncOpeningContext):
         self._broker = broker_name(hostname, port, options)
         self._closed = False
         self._opened = False
-        self._io_timeout: float | None = options.get("socket_timeout")
         self._client = redis.asyncio.Redis(**options)
         self._connection = own_connection(self._client, socket_timeout=None)
         self._rounds = AsyncRounds(self._connection, options.get("socket_timeout"))
