@@ -49,6 +49,7 @@ from typing import TypeAlias
 from proxystore_stream._fair import FairShare
 from proxystore_stream._offload import SLICE_SECONDS
 from proxystore_stream._offload import OffloadedReceive
+from proxystore_stream._readable import wait_readable
 from proxystore_stream.exceptions import BufferFullError
 from proxystore_stream.exceptions import PublisherClosedError
 from proxystore_stream.exceptions import StreamTimeoutError
@@ -403,10 +404,11 @@ class AsyncQueueSubscriber:
 
     A ready message is taken without leaving the event loop. Waiting for one
     on a `multiprocessing.Queue` waits for its pipe to become readable on
-    the event loop (`loop.add_reader`); a `queue.Queue` (no file to wait
-    on) is waited for in a worker thread. Either way a cancelled `receive`
-    loses no message: a message is only taken off the queue by code that
-    runs without awaiting.
+    the event loop (`loop.add_reader`; the subscribers of one queue on one
+    loop share that registration, so each wakes when a message comes); a
+    `queue.Queue` (no file to wait on) is waited for in a worker thread.
+    Either way a cancelled `receive` loses no message: a message is only
+    taken off the queue by code that runs without awaiting.
     """
 
     def __init__(
@@ -456,18 +458,11 @@ class AsyncQueueSubscriber:
                 wait = min(wait, deadline - loop.time())
                 if wait <= 0:
                     raise StreamTimeoutError(f"No message within {timeout} s")
-            woken = loop.create_future()
             try:
-                loop.add_reader(fd, _settle, woken)
+                await wait_readable(fd, wait)
             except NotImplementedError:  # an event loop without add_reader
                 remaining = None if deadline is None else max(0.0, deadline - loop.time())
                 return await self._offloaded(remaining)
-            timer = loop.call_later(wait, _settle, woken)
-            try:
-                await woken
-            finally:
-                timer.cancel()
-                loop.remove_reader(fd)
             # Another reader may have taken it first: then wait again.
             message = take(0.0)
             if message is not _NOTHING:
@@ -477,8 +472,3 @@ class AsyncQueueSubscriber:
     async def close(self) -> None:
         """Close this subscriber."""
         self._sync.close()
-
-
-def _settle(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import proxystore_stream.shims.queue as queue_shim
+from proxystore_stream._readable import watchers
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import SubscriberClosedError
 from proxystore_stream.shims.queue import AsyncQueueSubscriber
@@ -182,6 +183,32 @@ def test_two_async_readers_share_one_queue_without_loss(process_queue: Any) -> N
     assert sorted(int(m) for out in outs for m in out) == list(range(n))
     for out in outs:  # each reader sees its share in order
         assert [int(m) for m in out] == sorted(int(m) for m in out)
+
+
+def test_two_async_readers_waiting_on_one_loop_are_each_woken(
+    process_queue: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A loop keeps one reader callback per file descriptor. When each
+    # subscriber registered its own, the second replaced the first, and the
+    # first slept until its slice timer: with a 60 s slice, until the wait_for
+    # below gives up.
+    monkeypatch.setattr(queue_shim, "SLICE_SECONDS", 60.0)
+    publisher = QueuePublisher({"t": process_queue})
+
+    async def main() -> list[list[bytes]]:
+        subscribers = [AsyncQueueSubscriber(process_queue) for _ in range(2)]
+        rounds = []
+        for i in range(5):
+            tasks = [asyncio.ensure_future(s.receive(120)) for s in subscribers]
+            await asyncio.sleep(0)  # both receives now wait on the pipe
+            publisher.send("t", b"%d-a" % i)
+            publisher.send("t", b"%d-b" % i)
+            rounds.append(sorted(await asyncio.wait_for(asyncio.gather(*tasks), 10)))
+            assert watchers(process_queue._reader.fileno()) == 0
+        return rounds
+
+    assert asyncio.run(main()) == [[b"%d-a" % i, b"%d-b" % i] for i in range(5)]
 
 
 # --- reading the pipe directly -------------------------------------------------
