@@ -2,11 +2,10 @@
 
 The pub/sub, list-queue and Streams publishers differ only in that command
 (PUBLISH, LPUSH or XADD). Each publisher owns one connection (no pool) and
-sends one command per message. The sync publisher takes each reply before
-returning, under a lock that keeps it safe to share between threads. The
-async publisher pipelines: it returns once the command is written and reads
-replies later, in order, keeping at most a window of messages unacknowledged
-(see `AsyncCommandPublisher`).
+sends one command per message. Both twins pipeline: a send returns once the
+command is written, and replies are read later, in order, keeping at most a
+window of messages unacknowledged (see `CommandPublisher`); what they keep
+about those messages is `_window.ReplyWindow` (no I/O), shared by both.
 
 Strategy: the first attempt runs with no retry or error-mapping machinery
 around it (it costs a few microseconds per message). Only a failed
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import deque
 from collections.abc import Awaitable
 from collections.abc import Callable
 from functools import partial
@@ -57,7 +55,11 @@ from proxystore_stream.shims.redis._common import pack_commands
 from proxystore_stream.shims.redis._common import stop_if_fatal
 from proxystore_stream.shims.redis._common import stop_if_fatal_async
 from proxystore_stream.shims.redis._common import url_arguments
-from proxystore_stream.shims.redis._common import wrong_type
+from proxystore_stream.shims.redis._window import WINDOW
+from proxystore_stream.shims.redis._window import WINDOW_BYTES
+from proxystore_stream.shims.redis._window import Pending
+from proxystore_stream.shims.redis._window import ReplyWindow
+from proxystore_stream.shims.redis._window import keepable
 
 __all__ = [
     "DETACH_THRESHOLD",
@@ -77,12 +79,6 @@ _LARGE = 64 * 1024
 
 DETACH_THRESHOLD = _LARGE
 """A stream producer hands objects this large or larger over detached (`send_detached`)."""
-
-WINDOW = 64
-"""Messages an async publisher may have awaiting their reply at once."""
-
-WINDOW_BYTES = 8 * 1024 * 1024
-"""Bytes of messages an async publisher may have awaiting their reply at once."""
 
 
 def pack(connection: Any, arguments: tuple[Any, ...]) -> Any:
@@ -145,11 +141,24 @@ def replaying_async(
 
 
 class CommandPublisher(ClosingContext):
-    """Sync publisher sending each message with one Redis command.
+    """Sync publisher sending each message with one Redis command, pipelined.
 
-    Subclasses build the command in `_arguments`. A send that lost its
-    connection is retried under the `retry` policy, so a message whose
-    reply was lost may be stored twice.
+    `send` writes the command and returns without waiting for its reply
+    while fewer than `window` messages (and `window_bytes` bytes) await
+    one; at the window it reads replies, in order, until below it. It also
+    takes replies that already arrived, without waiting, before each write.
+    An error reply (OOM, WRONGTYPE, ...) is raised by the next `send`,
+    `flush` or `close`, naming the earlier message's topic; the message that
+    call passed is then not sent. `flush` and `close` wait for every reply.
+
+    Messages whose reply has not come are kept (so a mutable buffer is
+    copied) and written again, in order, once the connection was lost and
+    is back under the `retry` policy: delivery is at least once. A call
+    that gives up (`BrokerConnectionError` past the deadline) drops them
+    and says how many.
+
+    Safe to share between threads: one lock covers each call's I/O.
+    Subclasses build the command in `_arguments`.
     """
 
     key_type: str | None = "list"
@@ -160,6 +169,15 @@ class CommandPublisher(ClosingContext):
 
     protocol = 2
     connection_errors = CONNECTION_ERRORS
+
+    window = WINDOW
+    """Messages that may await their reply at once (read when the publisher is made)."""
+
+    window_bytes = WINDOW_BYTES
+    """Bytes of messages that may await their reply at once (one larger message may)."""
+
+    settle_from: int | None = None
+    """Messages this large or larger wait for their reply before `send` returns (None: none)."""
 
     def __init__(
         self,
@@ -176,6 +194,10 @@ class CommandPublisher(ClosingContext):
         self._connection = own_connection(self._client)
         self._lock = threading.Lock()
         self._closed = False
+        self._window = ReplyWindow(self.window, self.window_bytes, self.settle_from)
+        # The connection failed or was cut off: drop it, and write every
+        # pending message again before anything else.
+        self._stale = False
 
     @classmethod
     def from_url(cls, url: str, *, retry: RetryPolicy | None = None, **kwargs: Any) -> Self:
@@ -193,98 +215,173 @@ class CommandPublisher(ClosingContext):
         raise NotImplementedError
 
     def send(self, topic: str, message: bytes) -> None:
-        """Send a message to `topic`, reconnecting under the retry policy.
+        """Send a message to `topic`; Redis acknowledges it later (see `flush`).
 
         Raises:
             TypeError: If `topic` is not a str or `message` not bytes.
-            ValueError: If `topic` names a Redis key of another type.
+            ValueError: If an earlier message's topic names a Redis key of
+                another type (that message was not stored).
             PublisherClosedError: If the publisher is closed.
             BrokerConnectionError: If Redis stays unreachable past the
                 policy's deadline, or refuses the credentials.
-            BufferFullError: If Redis is at ``maxmemory`` and refuses writes.
+            BufferFullError: If Redis, at ``maxmemory``, refused an earlier
+                message (the message says which topic).
         """
         check_topic(topic)
         check_message(message)
-        self._send_command(topic, self._arguments(topic, message))
+        message = keepable(message)
+        size = len(message) if type(message) is bytes else memoryview(message).nbytes
+        self._send_command(topic, self._arguments(topic, message), size)
 
     def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
         """Send a `DetachedMessage` as the one envelope `send` would get, not joined.
 
         The envelope is written around the object's frames, which are not
-        copied into it (a gathered write); the stored message is the same.
-        Raises as `send`, and `MalformedMessageError` for an invalid one.
+        copied into it (a gathered write) unless they are mutable (a message
+        is kept until acknowledged); the stored message is the same. Raises
+        as `send`, and `MalformedMessageError` for an invalid one.
         """
         check_topic(topic)
-        self._send_command(topic, self._arguments(topic, attached_parts(message, frames)))
+        parts = [keepable(part) for part in attached_parts(message, frames)]
+        self._send_command(topic, self._arguments(topic, parts), frames_size(parts))
 
-    def _send_command(self, topic: str, arguments: tuple[Any, ...]) -> None:
-        """Send one command about `topic` (its last argument may be large)."""
+    def _send_command(self, topic: str, arguments: tuple[Any, ...], size: int) -> None:
+        """Send one command about `topic` carrying `size` bytes (its last argument may be large)."""
+        item = Pending(topic, pack(self._connection, arguments), size)
         try:
-            self._send_once(arguments)
+            self._send_once(item)
             return
         except Exception as exc:
             failure = exc
-        with map_errors(ERRORS, broker=self._broker), wrong_type([topic], self.key_type):
-            self._retry.call(
-                replaying(failure, partial(self._send_once, arguments)),
-                retry_on=CONNECTION_ERRORS,
-                broker=self._broker,
-                on_retry=partial(stop_if_fatal, broker=self._broker),
-            )
+        self._retry_sync(partial(self._send_once, item), failure)
 
-    def _send_once(self, arguments: tuple[Any, ...]) -> None:
+    def flush(self) -> None:
+        """Wait until Redis acknowledged every message sent before.
+
+        Raises:
+            ValueError, BufferFullError: As `send`, for an earlier message.
+            BrokerConnectionError: If Redis stays unreachable past the
+                policy's deadline; the messages not acknowledged are then
+                dropped (the message says how many).
+        """
+        try:
+            self._flush_once()
+            return
+        except Exception as exc:
+            failure = exc
+        self._retry_sync(self._flush_once, failure)
+
+    def close(self) -> None:
+        """Wait for every reply (as `flush`), then close the connection (idempotent).
+
+        Raises:
+            As `flush`; the connection is closed either way.
+        """
+        try:
+            if not self._closed:
+                self.flush()
+        finally:
+            self._closed = True
+            self._connection.disconnect()
+            self._client.close()
+
+    def _retry_sync(self, operation: Callable[[], None], failure: Exception) -> None:
+        """Run `operation` again under the retry policy (`failure`: its first attempt)."""
+        try:
+            with map_errors(ERRORS, broker=self._broker):
+                self._retry.call(
+                    replaying(failure, operation),
+                    retry_on=CONNECTION_ERRORS,
+                    broker=self._broker,
+                    on_retry=partial(stop_if_fatal, broker=self._broker),
+                )
+        except BrokerConnectionError as exc:
+            with self._lock:
+                dropped = self._window.drop()
+                self._stale = True
+            if dropped:
+                exc.args = (f"{exc.args[0]}; {dropped} unacknowledged message(s) dropped",)
+            raise
+
+    def _send_once(self, item: Pending) -> None:
         with self._lock:
             if self._closed:
                 raise PublisherClosedError(f"{type(self).__name__} is closed")
-            connection = self._connection
-            connection.send_packed_command(pack(connection, arguments))
+            try:
+                if self._stale:
+                    self._resend()
+                self._take_arrived()
+                if not item.accepted:
+                    while self._window.full_for(item.size):
+                        self._take_reply()
+                    if not self._window.failed:
+                        self._write(item)
+                        while self._window.settles(item.size) and self._window.pending:
+                            self._take_reply()
+            except BaseException:
+                self._stale = True  # whatever was cut off spoils the connection
+                raise
+            self._window.raise_failed(broker=self._broker, key_type=self.key_type)
+
+    def _flush_once(self) -> None:
+        with self._lock:
+            try:
+                if self._stale:
+                    self._resend()
+                while self._window.pending:
+                    self._take_reply()
+            except BaseException:
+                self._stale = True
+                raise
+            self._window.raise_failed(broker=self._broker, key_type=self.key_type)
+
+    def _write(self, item: Pending) -> None:
+        # Connect first: a message is accepted (kept until acknowledged)
+        # only once there is a connection to write it on.
+        connection = self._connection
+        if not connection.is_connected:
+            connection.connect()
+        self._window.accept(item)
+        connection.send_packed_command(item.command, check_health=False)
+
+    def _resend(self) -> None:
+        connection = self._connection
+        connection.disconnect()
+        if self._window.pending:
+            connection.connect()
+            connection.send_packed_command(self._window.commands(), check_health=False)
+        self._stale = False
+
+    def _take_arrived(self) -> None:
+        """Take the replies that already arrived, without waiting for more."""
+        connection = self._connection
+        while connection.is_connected and connection.can_read(timeout=0):
+            self._take_reply()
+
+    def _take_reply(self) -> None:
+        connection = self._connection
+        if not self._window.pending:
+            # Data with nothing outstanding: the end of the connection (this
+            # raises ConnectionError) or bytes that are not ours to read.
             connection.read_response()
-
-    def flush(self) -> None:
-        """Do nothing: each `send` returned once Redis acknowledged it.
-
-        Here for parity with `AsyncCommandPublisher.flush`, which waits.
-        """
-
-    def close(self) -> None:
-        """Close the connection (idempotent)."""
-        self._closed = True
-        self._connection.disconnect()
-        self._client.close()
-
-
-class _Message:
-    """One message of an `AsyncCommandPublisher`: its packed command, topic and size."""
-
-    __slots__ = ("accepted", "command", "size", "topic")
-
-    def __init__(self, topic: str, command: list[Any], size: int) -> None:
-        self.topic = topic
-        self.command = command
-        self.size = size
-        self.accepted = False
-        """Written (so kept until acknowledged); a retried send must not add it again."""
+            connection.disconnect()
+            raise redis.exceptions.ConnectionError("Redis sent a reply nobody asked for")
+        try:
+            connection.read_response()
+        except redis.ResponseError as exc:
+            self._window.acknowledge(exc)
+        else:
+            self._window.acknowledge()
 
 
 class AsyncCommandPublisher(AsyncClosingContext):
-    """Async twin of `CommandPublisher` (redis.asyncio), pipelined.
+    """Async twin of `CommandPublisher` (redis.asyncio), pipelined the same way.
 
-    `send` writes the command and returns without waiting for its reply
-    while fewer than `window` messages (and `window_bytes` bytes) await
-    one; at the window it reads replies, in order, until below it. It also
-    takes replies that already arrived, without waiting, before each write.
-    An error reply (OOM, WRONGTYPE, ...) is raised by the next `send`,
-    `flush` or `close`, naming the earlier message's topic; the message that
-    call passed is then not sent. `flush` and `close` wait for every reply.
-
-    Messages whose reply has not come are kept (so a mutable buffer is
-    copied) and written again, in order, once the connection was lost and
-    is back under the `retry` policy: delivery is at least once, as before.
-    A call that gives up (`BrokerConnectionError` past the deadline) drops
-    them and says how many.
-    A cancelled call never leaves half a command on the connection: a
-    command is handed whole to the transport, and a connection cut off
-    mid-read or mid-write is dropped and its messages written again.
+    What `CommandPublisher` says of the window, error replies and messages
+    written again holds here. A cancelled call never leaves half a command
+    on the connection: a command is handed whole to the transport, and a
+    connection cut off mid-read or mid-write is dropped and its messages
+    written again.
 
     Each call's waits run under one ``asyncio.timeout`` of the client's
     ``socket_timeout``: the connection itself has none, which spares
@@ -301,10 +398,13 @@ class AsyncCommandPublisher(AsyncClosingContext):
     connection_errors = CONNECTION_ERRORS
 
     window = WINDOW
-    """Messages that may await their reply at once."""
+    """Messages that may await their reply at once (read when the publisher is made)."""
 
     window_bytes = WINDOW_BYTES
     """Bytes of messages that may await their reply at once (one larger message may)."""
+
+    settle_from: int | None = None
+    """Messages this large or larger wait for their reply before `send` returns (None: none)."""
 
     def __init__(
         self,
@@ -322,13 +422,10 @@ class AsyncCommandPublisher(AsyncClosingContext):
         self._connection = own_connection(self._client, socket_timeout=None)
         self._lock = asyncio.Lock()
         self._closed = False
-        self._unacked: deque[_Message] = deque()
-        self._unacked_bytes = 0
+        self._window = ReplyWindow(self.window, self.window_bytes, self.settle_from)
         # The connection failed or was cut off: drop it, and write every
-        # unacknowledged message again before anything else.
+        # pending message again before anything else.
         self._stale = False
-        # First error reply not raised yet: (error, its topic, how many since).
-        self._failed: tuple[redis.ResponseError, str, int] | None = None
         self._fair = FairShare()
 
     @classmethod
@@ -341,40 +438,22 @@ class AsyncCommandPublisher(AsyncClosingContext):
         raise NotImplementedError
 
     async def send(self, topic: str, message: bytes) -> None:
-        """Send a message to `topic`; Redis acknowledges it later (see `flush`).
-
-        Raises:
-            TypeError: If `topic` is not a str or `message` not bytes.
-            ValueError: If an earlier message's topic names a Redis key of
-                another type (that message was not stored).
-            PublisherClosedError: If the publisher is closed.
-            BrokerConnectionError: If Redis stays unreachable past the
-                policy's deadline, or refuses the credentials.
-            BufferFullError: If Redis, at ``maxmemory``, refused an earlier
-                message (the message says which topic).
-        """
+        """Send a message to `topic` (see `CommandPublisher.send`)."""
         check_topic(topic)
         check_message(message)
-        if type(message) is not bytes and not memoryview(message).readonly:
-            message = bytes(message)  # kept until acknowledged: the caller may reuse it
+        message = keepable(message)
         size = len(message) if type(message) is bytes else memoryview(message).nbytes
         await self._send_command(topic, self._arguments(topic, message), size)
 
     async def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
-        """Send a `DetachedMessage` (see `CommandPublisher.send_detached`).
-
-        Mutable frames are copied: a message is kept until acknowledged.
-        """
+        """Send a `DetachedMessage` (see `CommandPublisher.send_detached`)."""
         check_topic(topic)
-        parts = [
-            part if type(part) is bytes or memoryview(part).readonly else bytes(part)
-            for part in attached_parts(message, frames)
-        ]
+        parts = [keepable(part) for part in attached_parts(message, frames)]
         await self._send_command(topic, self._arguments(topic, parts), frames_size(parts))
 
     async def _send_command(self, topic: str, arguments: tuple[Any, ...], size: int) -> None:
         """Send one command about `topic` carrying `size` bytes (its last argument may be large)."""
-        item = _Message(topic, pack(self._connection, arguments), size)
+        item = Pending(topic, pack(self._connection, arguments), size)
         # A send whose replies had all arrived never waits: give the other
         # tasks (often a subscriber on this loop) a turn now and then.
         if self._fair.due(item.size):
@@ -385,14 +464,7 @@ class AsyncCommandPublisher(AsyncClosingContext):
             await self._retry_async(partial(self._send_once, item), exc)
 
     async def flush(self) -> None:
-        """Wait until Redis acknowledged every message sent before.
-
-        Raises:
-            ValueError, BufferFullError: As `send`, for an earlier message.
-            BrokerConnectionError: If Redis stays unreachable past the
-                policy's deadline; the messages not acknowledged are then
-                dropped (the message says how many).
-        """
+        """Wait until Redis acknowledged every message sent (see `CommandPublisher.flush`)."""
         try:
             await self._flush_once()
             return
@@ -429,10 +501,14 @@ class AsyncCommandPublisher(AsyncClosingContext):
                     on_retry=partial(stop_if_fatal_async, broker=self._broker),
                 )
         except BrokerConnectionError as exc:
-            await self._give_up(exc)
+            async with self._lock:
+                dropped = self._window.drop()
+                self._stale = True
+            if dropped:
+                exc.args = (f"{exc.args[0]}; {dropped} unacknowledged message(s) dropped",)
             raise
 
-    async def _send_once(self, item: _Message) -> None:
+    async def _send_once(self, item: Pending) -> None:
         async with self._lock:
             if self._closed:
                 raise PublisherClosedError(f"{type(self).__name__} is closed")
@@ -442,12 +518,15 @@ class AsyncCommandPublisher(AsyncClosingContext):
                         await self._resend()
                     await self._take_arrived()
                     if not item.accepted:
-                        await self._make_room(item.size)
-                        if self._failed is None:
+                        while self._window.full_for(item.size):
+                            await self._take_reply()
+                        if not self._window.failed:
                             await self._write(item)
+                            while self._window.settles(item.size) and self._window.pending:
+                                await self._take_reply()
             except BaseException as exc:
                 self._fail(exc)
-            self._raise_failed()
+            self._window.raise_failed(broker=self._broker, key_type=self.key_type)
 
     async def _flush_once(self) -> None:
         async with self._lock:
@@ -455,11 +534,11 @@ class AsyncCommandPublisher(AsyncClosingContext):
                 async with asyncio.timeout(self._timeout):
                     if self._stale:
                         await self._resend()
-                    while self._unacked:
+                    while self._window.pending:
                         await self._take_reply()
             except BaseException as exc:
                 self._fail(exc)
-            self._raise_failed()
+            self._window.raise_failed(broker=self._broker, key_type=self.key_type)
 
     def _fail(self, exc: BaseException) -> NoReturn:
         """Re-raise `exc` (a timeout as Redis's); an error leaves the connection unusable.
@@ -476,13 +555,11 @@ class AsyncCommandPublisher(AsyncClosingContext):
             ) from exc
         raise exc
 
-    async def _write(self, item: _Message) -> None:
+    async def _write(self, item: Pending) -> None:
         # Connect first: a message is accepted (kept until acknowledged)
         # only once there is a connection to write it on.
         await self._connect()
-        self._unacked.append(item)
-        self._unacked_bytes += item.size
-        item.accepted = True
+        self._window.accept(item)
         await self._write_now(item.command)
 
     async def _connect(self) -> None:
@@ -508,20 +585,10 @@ class AsyncCommandPublisher(AsyncClosingContext):
 
     async def _resend(self) -> None:
         await self._connection.disconnect(nowait=True)
-        if self._unacked:
+        if self._window.pending:
             await self._connect()
-            await self._write_now([chunk for item in self._unacked for chunk in item.command])
+            await self._write_now(self._window.commands())
         self._stale = False
-
-    async def _give_up(self, exc: BrokerConnectionError) -> None:
-        """Drop the unacknowledged messages: `exc` (past the deadline) reports them."""
-        async with self._lock:
-            dropped = len(self._unacked)
-            self._unacked.clear()
-            self._unacked_bytes = 0
-            self._stale = True
-        if dropped:
-            exc.args = (f"{exc.args[0]}; {dropped} unacknowledged message(s) dropped",)
 
     async def _take_arrived(self) -> None:
         """Take the replies that already arrived, without waiting for more."""
@@ -529,16 +596,9 @@ class AsyncCommandPublisher(AsyncClosingContext):
         while connection.is_connected and await connection.can_read():
             await self._take_reply()
 
-    async def _make_room(self, size: int) -> None:
-        unacked = self._unacked
-        while unacked and (
-            len(unacked) >= self.window or self._unacked_bytes + size > self.window_bytes
-        ):
-            await self._take_reply()
-
     async def _take_reply(self) -> None:
         connection = self._connection
-        if not self._unacked:
+        if not self._window.pending:
             # Data with nothing outstanding: the end of the connection (this
             # raises ConnectionError) or bytes that are not ours to read.
             await connection.read_response()
@@ -549,38 +609,10 @@ class AsyncCommandPublisher(AsyncClosingContext):
             await connection.read_response()
         except redis.ResponseError as exc:
             self._stale = False
-            item = self._acknowledged()
-            if self._failed is None:
-                self._failed = (exc, item.topic, 1)
-            else:
-                first, topic, count = self._failed
-                self._failed = (first, topic, count + 1)
+            self._window.acknowledge(exc)
         else:
             self._stale = False
-            self._acknowledged()
-
-    def _acknowledged(self) -> _Message:
-        item = self._unacked.popleft()
-        self._unacked_bytes -= item.size
-        return item
-
-    def _raise_failed(self) -> None:
-        """Raise the first error reply not raised yet, mapped, naming its topic."""
-        failed, self._failed = self._failed, None
-        if failed is None:
-            return
-        exc, topic, count = failed
-        note = f"the reply to an earlier message on topic {topic!r}"
-        if count > 1:
-            note += f"; {count} messages got an error reply and were not stored"
-        try:
-            with map_errors(ERRORS, broker=self._broker), wrong_type([topic], self.key_type):
-                raise exc
-        except Exception as mapped:
-            mapped.args = (
-                (f"{mapped.args[0]} ({note})", *mapped.args[1:]) if mapped.args else (note,)
-            )
-            raise
+            self._window.acknowledge()
 
 
 def _drain_fully(connection: Any) -> None:

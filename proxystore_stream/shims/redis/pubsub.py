@@ -89,6 +89,7 @@ from proxystore_stream.shims.redis._rounds import Replies
 from proxystore_stream.shims.redis._rounds import take_over
 
 __all__ = [
+    "SETTLE_FROM",
     "AsyncRedisPublisher",
     "AsyncRedisSubscriber",
     "RedisPublisher",
@@ -100,6 +101,17 @@ logger = logging.getLogger(__name__)
 # RESP2: redis-py's RESP3 push path moved 1 MiB messages at 19-165 MB/s here
 # (and lagged into a disconnect 3 runs in 5) against ~376 MB/s for RESP2.
 PROTOCOL = 2
+
+SETTLE_FROM = 64 * 1024
+"""A publisher's messages this large or larger wait for their reply before `send` returns.
+
+Pub/sub has no flow control: Redis acknowledges a PUBLISH once the message
+is in each subscriber's output buffer, and disconnects a subscriber whose
+buffer passes 32 MB (``client-output-buffer-limit pubsub``). Small messages
+are pipelined; a large one waits for its reply, which paces the publisher
+at about Redis's speed, as a client that waits for every reply is paced.
+"""
+
 _GLOB = frozenset("*?[")
 _DATA = frozenset({"message", "pmessage", b"message", b"pmessage"})
 _CONFIRM = frozenset({"subscribe", "psubscribe", b"subscribe", b"psubscribe"})
@@ -196,6 +208,9 @@ class RedisPublisher(CommandPublisher):
     """
 
     protocol = PROTOCOL
+
+    settle_from = SETTLE_FROM
+    """Messages this large or larger wait for their reply before `send` returns."""
 
     def _arguments(self, topic: str, message: Any) -> tuple[Any, ...]:
         return ("PUBLISH", topic, message)
@@ -413,6 +428,9 @@ class AsyncRedisPublisher(AsyncCommandPublisher):
     """Async twin of `RedisPublisher` (redis.asyncio); same arguments."""
 
     protocol = PROTOCOL
+
+    settle_from = SETTLE_FROM
+    """Messages this large or larger wait for their reply before `send` returns."""
 
     def _arguments(self, topic: str, message: Any) -> tuple[Any, ...]:
         return ("PUBLISH", topic, message)

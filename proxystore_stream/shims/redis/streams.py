@@ -111,6 +111,7 @@ from proxystore_stream.shims.redis._publish import CommandPublisher
 from proxystore_stream.shims.redis._publish import replaying
 from proxystore_stream.shims.redis._publish import replaying_async
 from proxystore_stream.shims.redis._rounds import AsyncRounds
+from proxystore_stream.shims.redis._window import keepable
 
 __all__ = [
     "AsyncRedisStreamPublisher",
@@ -482,22 +483,24 @@ class RedisStreamPublisher(CommandPublisher):
         """Append a `DetachedMessage`: one entry, envelope and object in fields of their own.
 
         The object (the last argument, its frames one after the other) is
-        written without a copy. Raises as `send`.
+        written without a copy, unless a frame is mutable (a message is kept
+        until acknowledged). Raises as `send`.
         """
         check_topic(topic)
-        self._send_command(
-            topic, ("XADD", topic, *self._trim, "*", FIELD, message, OBJECT_FIELD, list(frames))
-        )
+        parts = [keepable(frame) for frame in frames]
+        arguments = ("XADD", topic, *self._trim, "*", FIELD, message, OBJECT_FIELD, parts)
+        self._send_command(topic, arguments, frames_size(parts) + len(message))
 
     def send(self, topic: str, message: bytes) -> None:
-        """Append a message to the stream `topic`, reconnecting under the retry policy.
+        """Append a message to the stream `topic`; Redis acknowledges it later (see `flush`).
 
         Raises:
             TypeError: If `topic` is not a str or `message` not bytes.
             PublisherClosedError: If the publisher is closed.
             BrokerConnectionError: If Redis stays unreachable past the
                 deadline, or refuses the credentials.
-            BufferFullError: If Redis is at ``maxmemory`` and refuses writes.
+            BufferFullError: If Redis, at ``maxmemory``, refused an earlier
+                message (the message says which stream).
         """
         super().send(topic, message)
 
@@ -783,8 +786,7 @@ class AsyncRedisStreamPublisher(AsyncCommandPublisher):
     async def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
         """Append a `DetachedMessage` (see `RedisStreamPublisher.send_detached`)."""
         check_topic(topic)
-        # Kept until acknowledged: mutable frames are copied.
-        parts = [f if type(f) is bytes or memoryview(f).readonly else bytes(f) for f in frames]
+        parts = [keepable(frame) for frame in frames]
         arguments = ("XADD", topic, *self._trim, "*", FIELD, message, OBJECT_FIELD, parts)
         await self._send_command(topic, arguments, frames_size(parts) + len(message))
 
