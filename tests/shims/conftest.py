@@ -1,14 +1,17 @@
-"""Collect every `cases_*.py` module's CASES into the `shim` fixture."""
+"""Collect every `cases_*.py` module's CASES into the `shim` fixture; a private Redis."""
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 import tests.shims
+from tests.faults.redis_server import RedisServer
 from tests.shims.cases import ShimCase
 from tests.shims.cases import ShimFactory
 
@@ -37,3 +40,14 @@ def factory(case: ShimCase) -> Iterator[ShimFactory]:
         yield made
     finally:
         made.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own (to pause, fill or cut off), noeviction."""
+    made = RedisServer(tmp_path / "redis", options=["--maxmemory-policy", "noeviction"])
+    made.start()
+    try:
+        yield made
+    finally:
+        made.stop(signal.SIGKILL)

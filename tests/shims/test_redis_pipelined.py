@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +17,10 @@ import pytest
 from proxystore_stream.exceptions import BufferFullError
 from proxystore_stream.exceptions import PublisherClosedError
 from tests.faults.redis_server import RedisServer
+from tests.shims.redis_pipelining import BOUND
+from tests.shims.redis_pipelining import HOST
+from tests.shims.redis_pipelining import PORT
+from tests.shims.redis_pipelining import name
 
 redis = pytest.importorskip("redis")
 
@@ -28,30 +29,12 @@ from proxystore_stream.shims.redis import AsyncRedisQueuePublisher  # noqa: E402
 from proxystore_stream.shims.redis import AsyncRedisStreamPublisher  # noqa: E402
 from proxystore_stream.shims.redis._publish import WINDOW  # noqa: E402
 
-HOST, PORT = "127.0.0.1", 6379
-BOUND = 30.0
-"""Seconds any wait in these tests may take at most."""
-
-
-def name() -> str:
-    return f"pss-pipe-{uuid.uuid4().hex[:12]}"
-
 
 @pytest.fixture
 def topic(raw: Any) -> Iterator[str]:
     made = name()
     yield made
     raw.delete(made)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    made = RedisServer(tmp_path / "redis", options=["--maxmemory-policy", "noeviction"])
-    made.start()
-    try:
-        yield made
-    finally:
-        made.stop(signal.SIGKILL)
 
 
 async def not_done_while_paused(task: asyncio.Task[None]) -> bool:
@@ -87,12 +70,12 @@ def test_pipelined_stream_entries_arrive_in_order(raw: Any, topic: str) -> None:
     assert [fields[b"data"] for _, fields in entries] == [b"%d" % i for i in range(count)]
 
 
-def test_send_returns_before_the_reply_and_flush_waits_for_it(server: RedisServer) -> None:
+def test_send_returns_before_the_reply_and_flush_waits_for_it(private_redis: RedisServer) -> None:
     topic = name()
-    admin = server.client()
+    admin = private_redis.client()
 
     async def main() -> None:
-        async with AsyncRedisQueuePublisher(HOST, server.port) as pub:
+        async with AsyncRedisQueuePublisher(HOST, private_redis.port) as pub:
             await pub.send(topic, b"first")
             await pub.flush()
             admin.client_pause(int(BOUND * 1000), all=False)
@@ -114,12 +97,12 @@ def test_send_returns_before_the_reply_and_flush_waits_for_it(server: RedisServe
         admin.close()
 
 
-def test_close_waits_for_every_reply(server: RedisServer) -> None:
+def test_close_waits_for_every_reply(private_redis: RedisServer) -> None:
     topic = name()
-    admin = server.client()
+    admin = private_redis.client()
 
     async def main() -> None:
-        pub = AsyncRedisQueuePublisher(HOST, server.port)
+        pub = AsyncRedisQueuePublisher(HOST, private_redis.port)
         await pub.send(topic, b"first")  # connects before the pause
         await pub.flush()
         admin.client_pause(int(BOUND * 1000), all=False)
@@ -181,12 +164,12 @@ def test_wrongtype_reply_surfaces_on_a_later_send(raw: Any, topic: str) -> None:
         raw.delete(good)
 
 
-def test_oom_reply_surfaces_as_buffer_full_on_flush(server: RedisServer) -> None:
+def test_oom_reply_surfaces_as_buffer_full_on_flush(private_redis: RedisServer) -> None:
     topic = name()
-    admin = server.client()
+    admin = private_redis.client()
 
     async def main() -> None:
-        async with AsyncRedisQueuePublisher(HOST, server.port) as pub:
+        async with AsyncRedisQueuePublisher(HOST, private_redis.port) as pub:
             await pub.send(topic, b"before")
             await pub.flush()
             empty = int(admin.info("memory")["used_memory"])
@@ -248,14 +231,14 @@ def test_cancelled_sends_lose_nothing_accepted(raw: Any, topic: str) -> None:
     assert len(stored) < 2 * count
 
 
-def test_connection_lost_with_replies_outstanding_resends_them(server: RedisServer) -> None:
+def test_connection_lost_with_replies_outstanding_resends_them(private_redis: RedisServer) -> None:
     topic = name()
-    admin = server.client()
+    admin = private_redis.client()
 
     async def main() -> None:
         pub = AsyncRedisQueuePublisher(
             HOST,
-            server.port,
+            private_redis.port,
             client_name="pss-pipe-victim",
             retry=RetryPolicy(deadline=BOUND),
         )

@@ -10,18 +10,20 @@ must wait runs in a thread, joined with a bound.
 from __future__ import annotations
 
 import asyncio
-import signal
 import threading
-import uuid
 from collections.abc import Callable
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from proxystore_stream.exceptions import PublisherClosedError
 from tests.faults.redis_server import RedisServer
+from tests.shims.redis_pipelining import BOUND
+from tests.shims.redis_pipelining import HOST
+from tests.shims.redis_pipelining import PORT
+from tests.shims.redis_pipelining import name
+from tests.shims.redis_pipelining import paused
 
 redis = pytest.importorskip("redis")
 
@@ -33,16 +35,8 @@ from proxystore_stream.shims.redis import RedisStreamPublisher  # noqa: E402
 from proxystore_stream.shims.redis._window import WINDOW  # noqa: E402
 from proxystore_stream.shims.redis.pubsub import SETTLE_FROM  # noqa: E402
 
-HOST, PORT = "127.0.0.1", 6379
-BOUND = 30.0
-"""Seconds any wait in these tests may take at most."""
-
 STILL_WAITING = 0.2
 """Seconds a call must stay blocked to count as waiting for Redis."""
-
-
-def name() -> str:
-    return f"pss-pipe-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
@@ -50,16 +44,6 @@ def topic(raw: Any) -> Iterator[str]:
     made = name()
     yield made
     raw.delete(made)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    made = RedisServer(tmp_path / "redis", options=["--maxmemory-policy", "noeviction"])
-    made.start()
-    try:
-        yield made
-    finally:
-        made.stop(signal.SIGKILL)
 
 
 class Call:
@@ -112,75 +96,57 @@ def test_a_reused_buffer_is_stored_as_it_was_sent(raw: Any, topic: str) -> None:
     assert [fields[b"data"] for _, fields in entries] == [b"%08d" % i for i in range(2_000)]
 
 
-def test_send_returns_before_the_reply_and_flush_waits_for_it(server: RedisServer) -> None:
+@pytest.fixture
+def connected(private_redis: RedisServer) -> Iterator[tuple[RedisQueuePublisher, Any, str]]:
+    """A publisher that stored one message ("first") on a fresh topic; an admin client."""
     topic = name()
-    admin = server.client()
-    pub = RedisQueuePublisher(HOST, server.port)
+    admin = private_redis.client()
+    pub = RedisQueuePublisher(HOST, private_redis.port)
     try:
-        pub.send(topic, b"first")
+        pub.send(topic, b"first")  # connects before any pause
         pub.flush()
-        admin.client_pause(int(BOUND * 1000), all=False)
-        try:
-            sends = Call(lambda: [pub.send(topic, b"%d" % i) for i in range(10)])
-            assert not sends.waiting()
-            # Written, not executed: the sends did not wait for Redis.
-            assert admin.llen(topic) == 1
-            flush = Call(pub.flush)
-            assert flush.waiting()
-        finally:
-            admin.client_unpause()
-        flush.finish()
-        assert admin.llen(topic) == 11
+        yield pub, admin, topic
     finally:
         pub.close()
         admin.close()
 
 
-def test_the_send_past_the_window_waits_for_a_reply(server: RedisServer) -> None:
-    topic = name()
-    admin = server.client()
-    pub = RedisQueuePublisher(HOST, server.port)
-    try:
-        pub.send(topic, b"first")
-        pub.flush()
-        admin.client_pause(int(BOUND * 1000), all=False)
-        try:
-            window = Call(lambda: [pub.send(topic, b"%d" % i) for i in range(WINDOW)])
-            assert not window.waiting()
-            past = Call(lambda: pub.send(topic, b"past the window"))
-            assert past.waiting()
-        finally:
-            admin.client_unpause()
-        past.finish()
-        pub.flush()
-        assert admin.llen(topic) == 1 + WINDOW + 1
-    finally:
-        pub.close()
-        admin.close()
+def test_send_returns_before_the_reply_and_flush_waits_for_it(connected: Any) -> None:
+    pub, admin, topic = connected
+    with paused(admin):
+        sends = Call(lambda: [pub.send(topic, b"%d" % i) for i in range(10)])
+        assert not sends.waiting()
+        # Written, not executed: the sends did not wait for Redis.
+        assert admin.llen(topic) == 1
+        flush = Call(pub.flush)
+        assert flush.waiting()
+    flush.finish()
+    assert admin.llen(topic) == 11
 
 
-def test_close_waits_for_every_reply(server: RedisServer) -> None:
-    topic = name()
-    admin = server.client()
-    pub = RedisQueuePublisher(HOST, server.port)
-    try:
-        pub.send(topic, b"first")  # connects before the pause
-        pub.flush()
-        admin.client_pause(int(BOUND * 1000), all=False)
-        try:
-            for i in range(WINDOW // 2):
-                pub.send(topic, b"%d" % i)
-            close = Call(pub.close)
-            assert close.waiting()
-        finally:
-            admin.client_unpause()
-        close.finish()
-        assert admin.llen(topic) == 1 + WINDOW // 2
-        with pytest.raises(PublisherClosedError):
-            pub.send(topic, b"after close")
-    finally:
-        pub.close()
-        admin.close()
+def test_the_send_past_the_window_waits_for_a_reply(connected: Any) -> None:
+    pub, admin, topic = connected
+    with paused(admin):
+        window = Call(lambda: [pub.send(topic, b"%d" % i) for i in range(WINDOW)])
+        assert not window.waiting()
+        past = Call(lambda: pub.send(topic, b"past the window"))
+        assert past.waiting()
+    past.finish()
+    pub.flush()
+    assert admin.llen(topic) == 1 + WINDOW + 1
+
+
+def test_close_waits_for_every_reply(connected: Any) -> None:
+    pub, admin, topic = connected
+    with paused(admin):
+        for i in range(WINDOW // 2):
+            pub.send(topic, b"%d" % i)
+        close = Call(pub.close)
+        assert close.waiting()
+    close.finish()
+    assert admin.llen(topic) == 1 + WINDOW // 2
+    with pytest.raises(PublisherClosedError):
+        pub.send(topic, b"after close")
 
 
 def test_wrongtype_reply_surfaces_on_flush_once(raw: Any, topic: str) -> None:
@@ -216,12 +182,12 @@ def test_wrongtype_reply_surfaces_on_a_later_send(raw: Any, topic: str) -> None:
         raw.delete(good)
 
 
-def test_connection_lost_with_replies_outstanding_resends_them(server: RedisServer) -> None:
+def test_connection_lost_with_replies_outstanding_resends_them(private_redis: RedisServer) -> None:
     topic = name()
-    admin = server.client()
+    admin = private_redis.client()
     pub = RedisQueuePublisher(
         HOST,
-        server.port,
+        private_redis.port,
         client_name="pss-pipe-victim",
         retry=RetryPolicy(deadline=BOUND),
     )
@@ -229,14 +195,11 @@ def test_connection_lost_with_replies_outstanding_resends_them(server: RedisServ
         pub.send(topic, b"first")
         pub.flush()
         (victim,) = [c for c in admin.client_list() if c["name"] == "pss-pipe-victim"]
-        admin.client_pause(int(BOUND * 1000), all=False)
-        try:
+        with paused(admin):
             for i in range(10):
                 pub.send(topic, b"%d" % i)
             # The queued commands die with the connection, unexecuted.
             admin.client_kill_filter(_id=victim["id"])
-        finally:
-            admin.client_unpause()
         pub.flush()
         assert admin.lrange(topic, 0, -1)[::-1] == [b"first"] + [b"%d" % i for i in range(10)]
     finally:
@@ -245,12 +208,15 @@ def test_connection_lost_with_replies_outstanding_resends_them(server: RedisServ
 
 
 @pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
-def test_a_large_pubsub_message_waits_for_its_reply(server: RedisServer, use_async: bool) -> None:
+def test_a_large_pubsub_message_waits_for_its_reply(
+    private_redis: RedisServer,
+    use_async: bool,
+) -> None:
     # Pub/sub has no flow control; a large message waits for its reply, so
     # a publisher cannot run far ahead of Redis (and of its subscribers).
-    admin = server.client()
+    admin = private_redis.client()
     loop = asyncio.new_event_loop()
-    pub: Any = (AsyncRedisPublisher if use_async else RedisPublisher)(HOST, server.port)
+    pub: Any = (AsyncRedisPublisher if use_async else RedisPublisher)(HOST, private_redis.port)
 
     def run(call: Any) -> Any:
         return loop.run_until_complete(call) if use_async else call
@@ -258,14 +224,11 @@ def test_a_large_pubsub_message_waits_for_its_reply(server: RedisServer, use_asy
     try:
         run(pub.send("channel", b"connect"))
         run(pub.flush())
-        admin.client_pause(int(BOUND * 1000), all=False)
-        try:
+        with paused(admin):
             small = Call(lambda: run(pub.send("channel", b"x" * (SETTLE_FROM - 1))))
             assert not small.waiting()
             large = Call(lambda: run(pub.send("channel", b"x" * SETTLE_FROM)))
             assert large.waiting()
-        finally:
-            admin.client_unpause()
         large.finish()
         assert not pub._window.pending  # its reply, and the earlier one, were read
     finally:
