@@ -13,6 +13,11 @@ The classes: `RedisPublisher`/`RedisSubscriber` (pubsub),
 classmethod. Keyword arguments pass through to `redis.Redis`
 (``password``, ``username``, ``db``, ``ssl``, ``ssl_ca_certs``...).
 
+Publishers, sync and async, pipeline: `send` returns once the command is
+written, at most 64 messages (8 MiB) await Redis's replies, an error reply
+is raised by a later call naming its topic, and `flush()` (called by the
+stream producer's `flush`/`close`) waits for every reply.
+
 Publishers and the queue and Streams subscribers reconnect under a
 `RetryPolicy` (``retry=``, default a 30 s deadline) and then raise
 `BrokerConnectionError`; the pub/sub subscriber reconnects only when given

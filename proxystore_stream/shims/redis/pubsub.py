@@ -19,7 +19,9 @@ Redis disconnects a subscriber that falls behind (its output buffer passes
 ``client-output-buffer-limit pubsub``, 32 MiB hard / 8 MiB for 60 s by
 default). redis-py would reconnect and resubscribe silently, losing what was
 published meanwhile; this subscriber raises `BrokerConnectionError` instead.
-Move large objects through a Store and publish only the small event.
+Move large objects through a Store and publish only the small event. The
+publisher pipelines small messages and waits for the reply to each one of
+`SETTLE_FROM` (64 KiB) or more, so it cannot run far ahead of Redis.
 
 Reconnection: the publisher reconnects under its `retry` policy (default
 `RetryPolicy()`). The subscriber, by default, does not: a lost connection
