@@ -46,6 +46,11 @@ from typing import Any
 from typing import Literal
 from typing import TypeAlias
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    fcntl = None  # type: ignore[assignment]
+
 from proxystore_stream._fair import FairShare
 from proxystore_stream._offload import SLICE_SECONDS
 from proxystore_stream._offload import OffloadedReceive
@@ -185,6 +190,7 @@ class _PipeReader:
         self._header = bytearray(4)
         self._header_view = [memoryview(self._header)]
         self._nowait = _NOWAIT_READS
+        self._grown = False
 
     @classmethod
     def for_queue(cls, q: Any) -> _PipeReader | Literal[False]:
@@ -252,6 +258,9 @@ class _PipeReader:
             body[: len(data)] = data
             self._read_into(memoryview(body)[len(data) :])
             return body
+        if not self._grown:
+            self._grown = True
+            grow_pipe(self.fileno)
         body = bytearray(size)
         self._read_into(memoryview(body))
         return body
@@ -271,6 +280,34 @@ _LENGTH = struct.Struct("!i")
 _WIDE_LENGTH = struct.Struct("!Q")
 _SMALL_BODY = 64 * 1024
 """Bodies up to this size are read with one `os.read` (one allocation)."""
+
+PIPE_CAPACITY = 1 << 20
+"""What a subscriber asks its queue's pipe to hold once a larger message came."""
+
+
+def grow_pipe(fd: int) -> None:
+    """Ask the kernel to let the pipe `fd` hold `PIPE_CAPACITY` bytes (Linux only).
+
+    A message larger than the pipe crosses it in pipe-sized pieces, each one
+    more wake-up of the writer (the queue's feeder thread) and the reader:
+    Linux's default of 64 KiB took a 1 MiB message across in 17. 1 MiB is
+    the most an unprivileged process may ask for (``pipe-max-size``). Only a
+    queue that carries a large message asks, once: the pages count against
+    the user's pipe quota (``pipe-user-pages-soft``, 64 MiB), though the
+    kernel fills them only as data arrives. Where the kernel refuses (the
+    quota is spent) or cannot (not Linux), the pipe keeps its size.
+    """
+    if _SET_PIPE_SIZE is None:
+        return
+    try:
+        if fcntl.fcntl(fd, _GET_PIPE_SIZE) < PIPE_CAPACITY:
+            fcntl.fcntl(fd, _SET_PIPE_SIZE, PIPE_CAPACITY)
+    except OSError:
+        pass
+
+
+_SET_PIPE_SIZE: int | None = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl else None
+_GET_PIPE_SIZE: int = getattr(fcntl, "F_GETPIPE_SZ", 0) if fcntl else 0
 
 
 class QueueSubscriber:

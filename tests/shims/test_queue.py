@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import multiprocessing
 import os
 import queue
@@ -240,6 +241,37 @@ def test_messages_of_every_size_arrive_whole_and_in_order(process_queue: Any, re
     assert subscriber._pipe_fd is not None  # the pipe was read directly
     with pytest.raises(StreamTimeoutError):
         subscriber.receive(timeout=0.05)
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="pipe sizes are Linux's")
+def test_the_pipe_grows_once_a_large_message_came(process_queue: Any) -> None:
+    publisher = QueuePublisher({"t": process_queue})
+    subscriber = QueueSubscriber(process_queue)
+    fd = process_queue._reader.fileno()
+    publisher.send("t", b"small")
+    assert subscriber.receive(timeout=10) == b"small"
+    assert fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) == 64 * 1024  # small messages: untouched
+    large = [bytes([i]) * (3 << 20) for i in range(3)]
+    sender = threading.Thread(target=lambda: [publisher.send("t", m) for m in large])
+    sender.start()
+    assert [subscriber.receive(timeout=10) for _ in large] == large
+    sender.join(10)
+    assert fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) == queue_shim.PIPE_CAPACITY
+
+
+def test_a_pipe_the_kernel_will_not_grow_keeps_working(
+    process_queue: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # More than any kernel grants: the request fails, and is ignored.
+    monkeypatch.setattr(queue_shim, "PIPE_CAPACITY", 1 << 40)
+    publisher = QueuePublisher({"t": process_queue})
+    subscriber = QueueSubscriber(process_queue)
+    large = b"x" * (1 << 20)
+    sender = threading.Thread(target=publisher.send, args=("t", large))
+    sender.start()
+    assert subscriber.receive(timeout=10) == large
+    sender.join(10)
 
 
 def test_a_kernel_refusing_nowait_reads_falls_back_to_poll(
