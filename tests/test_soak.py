@@ -17,6 +17,7 @@ from proxystore_stream.cli.soak import SoakReport
 from proxystore_stream.cli.soak import _count
 from proxystore_stream.cli.soak import run_soak
 from proxystore_stream.cli.soak_roles import Spec as _Spec
+from proxystore_stream.cli.soak_roles import count_every
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.shims.queue import QueuePublisher
 from proxystore_stream.shims.queue import QueueSubscriber
@@ -159,6 +160,29 @@ def test_fan_out_broker_shims_give_every_consumer_every_message(
     assert report.fanout is True
     assert_nothing_lost(report, deliveries_per_message=3)
     assert len(report.processes) == 5
+
+
+def test_large_pub_sub_payloads_stay_within_redis_output_buffer() -> None:
+    # Redis disconnects a pub/sub subscriber 32 MiB behind. Flow control
+    # counts large payloads often, bounds bytes in flight (16 MiB) and waits
+    # for the slowest consumer; before, 256 KiB runs always lost a subscriber.
+    require_broker("redis", "127.0.0.1", 6379)
+    config = SoakConfig(shim="redis", seconds=3, size=256 * MIB)
+    assert config.in_flight_limit == 64
+    report = run_soak(config)
+    assert_nothing_lost(report, deliveries_per_message=2)
+
+
+def test_flow_control_counts_large_payloads_more_often() -> None:
+    assert [count_every(size) for size in (100, 16 * MIB, 64 * MIB, 1024 * MIB, 8192 * MIB)] == [
+        64,
+        64,
+        16,
+        1,
+        1,
+    ]
+    assert SoakConfig(size=1 * MIB).in_flight_limit == 10_000
+    assert SoakConfig(size=1024 * MIB, max_in_flight=8).in_flight_limit == 8
 
 
 @pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])

@@ -26,8 +26,9 @@ Counting, at the end:
 - fan-out shims (every consumer gets every message): the same per consumer,
   against everything sent, summed over consumers.
 
-Flow control: producers keep at most `--max-in-flight` messages sent but not
-yet received (per consumer on fan-out shims), so the broker's backlog, and
+Flow control: producers keep at most `--max-in-flight` messages, and at most
+`MAX_IN_FLIGHT_BYTES` of payload, sent but not yet received (by the slowest
+consumer on fan-out shims), so the broker's backlog, and
 so its memory, stays bounded whatever the relative speeds: the send rate is
 the rate the consumers sustain. Every process samples its resident set size
 (VmRSS, from /proc/self/status) every 0.1 s from the start of streaming,
@@ -147,6 +148,14 @@ SHIMS: dict[str, ShimInfo] = {
 """The shims `soak` can drive; every one of them promises delivery."""
 
 
+MAX_IN_FLIGHT_BYTES = 16 << 20
+"""Payload bytes sent but not yet received at most, whatever `--max-in-flight` says.
+
+Half of Redis's default pub/sub output buffer limit (32 MiB), which
+disconnects a subscriber that far behind.
+"""
+
+
 class SoakError(Exception):
     """A soak setting or shim that cannot be used (reported, exit code 2)."""
 
@@ -163,7 +172,8 @@ class SoakConfig:
         size: Payload bytes per object (at least `MIN_SIZE`).
         store: ``none`` (inline), ``file`` or ``memory`` (``local`` only).
         batch_size: Objects per message.
-        max_in_flight: Messages sent but not yet received at most.
+        max_in_flight: Messages sent but not yet received at most (and at
+            most `MAX_IN_FLIGHT_BYTES` of payload: `in_flight_limit`).
         drain_seconds: Seconds after `seconds` to wait for the last messages.
         directory: Where the file store writes (default: a temp dir).
         use_async: Drive the async twins (`AsyncStreamProducer`,
@@ -183,6 +193,11 @@ class SoakConfig:
     drain_seconds: float = 30.0
     directory: str | None = None
     use_async: bool = False
+
+    @property
+    def in_flight_limit(self) -> int:
+        """`max_in_flight`, lowered to `MAX_IN_FLIGHT_BYTES` of payload for large sizes."""
+        return max(1, min(self.max_in_flight, MAX_IN_FLIGHT_BYTES // self.size))
 
     def check(self) -> ShimInfo:
         """Return the shim's info.
@@ -488,7 +503,7 @@ def run_soak(config: SoakConfig, console: Console | None = None) -> SoakReport:
         batch_size=config.batch_size,
         producers=config.producers,
         consumers=config.consumers,
-        max_in_flight=config.max_in_flight,
+        max_in_flight=config.in_flight_limit,
         seconds=config.seconds,
         fanout=info.fanout,
         redis_url=_redis_url(),

@@ -49,7 +49,15 @@ SAMPLE_SECONDS = 0.1
 POLL_SECONDS = 0.2
 """How long a consumer waits for a message before checking whether to stop."""
 COUNT_EVERY = 64
-"""Producers and consumers publish their counts every this many messages."""
+"""Producers and consumers publish their counts every this many messages at most."""
+
+COUNT_BYTES = 1 << 20
+"""... and every this many payload bytes: large payloads are counted more often."""
+
+
+def count_every(size: int) -> int:
+    """How many payloads of `size` bytes go between two counts (flow-control checks)."""
+    return max(1, min(COUNT_EVERY, COUNT_BYTES // size))
 LOCAL_MAXSIZE = 1024
 """Buffer of each `local` subscriber (block policy)."""
 HOLD_SECONDS = 0.001
@@ -84,6 +92,11 @@ class Spec:
     rabbitmq_url: str
     use_async: bool = False
     kafka_bootstrap: str = ""
+
+    @property
+    def count_every(self) -> int:
+        """Payloads between two counts (`count_every` of this size)."""
+        return count_every(self.size)
 
 
 @dataclass(frozen=True)
@@ -319,6 +332,7 @@ class _Pacer:
         """On fan-out shims several consumers read each stored object: none evicts it."""
         self.seq = 0
         self._start = self._deadline = 0.0
+        self._every = spec.count_every
 
     def begin(self) -> None:
         self._start = time.monotonic()
@@ -326,7 +340,7 @@ class _Pacer:
 
     def due(self) -> bool:
         """Whether to send another object (False once the time is up)."""
-        if self.seq % COUNT_EVERY:
+        if self.seq % self._every:
             return True
         self._shared.sent[self._index] = self.seq
         return time.monotonic() < self._deadline
@@ -334,7 +348,7 @@ class _Pacer:
     def held_back(self) -> bool:
         """Whether flow control holds the next send back (sleep a little, then ask again)."""
         return (
-            not self.seq % COUNT_EVERY
+            not self.seq % self._every
             and _in_flight(self._spec, self._shared) > self._spec.max_in_flight
             and time.monotonic() < self._deadline
         )
@@ -352,9 +366,8 @@ class _Pacer:
 
 
 def _in_flight(spec: Spec, shared: Shared) -> int:
-    delivered = int(sum(shared.received))
-    if spec.fanout:
-        delivered //= spec.consumers
+    """Objects sent and not yet received (on fan-out shims: by the slowest consumer)."""
+    delivered = int(min(shared.received)) if spec.fanout else int(sum(shared.received))
     return int(sum(shared.sent)) - delivered
 
 
@@ -370,6 +383,7 @@ class _Checker:
         self.received = 0
         self._corrupt = 0
         self._last = 0.0
+        self._every = spec.count_every
 
     def publish(self) -> bool:
         """Publish the count; True if the consumers were told to stop."""
@@ -377,7 +391,7 @@ class _Checker:
         return bool(self._shared.stop.is_set())
 
     def record(self, metadata: dict[str, Any], data: bytes) -> bool:
-        """Count one delivery; True if it is time to stop (checked every COUNT_EVERY)."""
+        """Count one delivery; True if it is time to stop (checked every `count_every`)."""
         self._last = time.monotonic()
         self.received += 1
         producer, seq = metadata.get("p"), metadata.get("s")
@@ -396,7 +410,7 @@ class _Checker:
         if byte >= len(bitmap):
             bitmap.extend(bytes(max(byte + 1 - len(bitmap), len(bitmap))))
         bitmap[byte] |= 1 << (seq & 7)
-        return not self.received % COUNT_EVERY and self.publish()
+        return not self.received % self._every and self.publish()
 
     def finish(self) -> None:
         self.publish()
