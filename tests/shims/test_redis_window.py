@@ -8,6 +8,8 @@ from proxystore_stream.exceptions import BufferFullError
 
 redis = pytest.importorskip("redis")
 
+from proxystore_stream.shims.redis._window import TAKE_REPLY  # noqa: E402
+from proxystore_stream.shims.redis._window import WRITE  # noqa: E402
 from proxystore_stream.shims.redis._window import Pending  # noqa: E402
 from proxystore_stream.shims.redis._window import ReplyWindow  # noqa: E402
 from proxystore_stream.shims.redis._window import keepable  # noqa: E402
@@ -79,3 +81,48 @@ def test_keepable_copies_only_what_can_change() -> None:
     kept = keepable(buffer)
     buffer[0] = ord("z")
     assert (type(kept), kept) == (bytes, b"abc")
+
+
+def test_send_steps_make_room_write_and_settle() -> None:
+    window = ReplyWindow(messages=2, settle_from=100)
+    small = pending("small", 10)
+    assert list(window.send_steps(small)) == [WRITE]  # the caller would write it...
+    window.accept(small)  # ...and its write accepts it
+    assert list(window.send_steps(small)) == []  # accepted: a retry has nothing left to do
+    window.accept(pending("other", 10))
+    # Full: the caller takes a reply (here, acknowledged), then writes.
+    steps = window.send_steps(pending("third", 10))
+    assert next(steps) == TAKE_REPLY
+    window.acknowledge()
+    assert list(steps) == [WRITE]
+    # A large message settles: after its write, replies until none is pending.
+    large = pending("large", 100)
+    steps = window.send_steps(large)
+    assert next(steps) == WRITE
+    window.accept(large)
+    taken = 0
+    for step in steps:
+        assert step == TAKE_REPLY
+        window.acknowledge()
+        taken += 1
+    assert (taken, len(window.pending)) == (2, 0)
+
+
+def test_no_write_while_an_error_reply_waits_to_be_raised() -> None:
+    window = ReplyWindow()
+    window.accept(pending("refused", 1))
+    window.acknowledge(redis.ResponseError("WRONGTYPE Operation against a key ..."))
+    assert list(window.send_steps(pending("next", 1))) == []
+
+
+def test_give_up_drops_and_says_how_many() -> None:
+    window = ReplyWindow()
+    for topic in "ab":
+        window.accept(pending(topic, 1))
+    exc = RuntimeError("gave up after 3 attempts")
+    window.give_up(exc)
+    assert exc.args == ("gave up after 3 attempts; 2 unacknowledged message(s) dropped",)
+    assert (len(window.pending), window.pending_bytes) == (0, 0)
+    quiet = RuntimeError("gave up")
+    window.give_up(quiet)
+    assert quiet.args == ("gave up",)

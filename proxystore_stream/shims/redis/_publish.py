@@ -5,7 +5,8 @@ The pub/sub, list-queue and Streams publishers differ only in that command
 sends one command per message. Both twins pipeline: a send returns once the
 command is written, and replies are read later, in order, keeping at most a
 window of messages unacknowledged (see `CommandPublisher`); what they keep
-about those messages is `_window.ReplyWindow` (no I/O), shared by both.
+about those messages, and the steps of a send, is `_window.ReplyWindow`
+(no I/O), shared by both.
 
 Strategy: the first attempt runs with no retry or error-mapping machinery
 around it (it costs a few microseconds per message). Only a failed
@@ -57,8 +58,10 @@ from proxystore_stream.shims.redis._common import stop_if_fatal_async
 from proxystore_stream.shims.redis._common import url_arguments
 from proxystore_stream.shims.redis._window import WINDOW
 from proxystore_stream.shims.redis._window import WINDOW_BYTES
+from proxystore_stream.shims.redis._window import WRITE
 from proxystore_stream.shims.redis._window import Pending
 from proxystore_stream.shims.redis._window import ReplyWindow
+from proxystore_stream.shims.redis._window import keep
 from proxystore_stream.shims.redis._window import keepable
 
 __all__ = [
@@ -229,8 +232,7 @@ class CommandPublisher(ClosingContext):
         """
         check_topic(topic)
         check_message(message)
-        message = keepable(message)
-        size = len(message) if type(message) is bytes else memoryview(message).nbytes
+        message, size = keep(message)
         self._send_command(topic, self._arguments(topic, message), size)
 
     def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
@@ -297,10 +299,8 @@ class CommandPublisher(ClosingContext):
                 )
         except BrokerConnectionError as exc:
             with self._lock:
-                dropped = self._window.drop()
+                self._window.give_up(exc)
                 self._stale = True
-            if dropped:
-                exc.args = (f"{exc.args[0]}; {dropped} unacknowledged message(s) dropped",)
             raise
 
     def _send_once(self, item: Pending) -> None:
@@ -311,13 +311,11 @@ class CommandPublisher(ClosingContext):
                 if self._stale:
                     self._resend()
                 self._take_arrived()
-                if not item.accepted:
-                    while self._window.full_for(item.size):
-                        self._take_reply()
-                    if not self._window.failed:
+                for step in self._window.send_steps(item):
+                    if step is WRITE:
                         self._write(item)
-                        while self._window.settles(item.size) and self._window.pending:
-                            self._take_reply()
+                    else:
+                        self._take_reply()
             except BaseException:
                 self._stale = True  # whatever was cut off spoils the connection
                 raise
@@ -441,8 +439,7 @@ class AsyncCommandPublisher(AsyncClosingContext):
         """Send a message to `topic` (see `CommandPublisher.send`)."""
         check_topic(topic)
         check_message(message)
-        message = keepable(message)
-        size = len(message) if type(message) is bytes else memoryview(message).nbytes
+        message, size = keep(message)
         await self._send_command(topic, self._arguments(topic, message), size)
 
     async def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
@@ -502,10 +499,8 @@ class AsyncCommandPublisher(AsyncClosingContext):
                 )
         except BrokerConnectionError as exc:
             async with self._lock:
-                dropped = self._window.drop()
+                self._window.give_up(exc)
                 self._stale = True
-            if dropped:
-                exc.args = (f"{exc.args[0]}; {dropped} unacknowledged message(s) dropped",)
             raise
 
     async def _send_once(self, item: Pending) -> None:
@@ -517,13 +512,11 @@ class AsyncCommandPublisher(AsyncClosingContext):
                     if self._stale:
                         await self._resend()
                     await self._take_arrived()
-                    if not item.accepted:
-                        while self._window.full_for(item.size):
-                            await self._take_reply()
-                        if not self._window.failed:
+                    for step in self._window.send_steps(item):
+                        if step is WRITE:
                             await self._write(item)
-                            while self._window.settles(item.size) and self._window.pending:
-                                await self._take_reply()
+                        else:
+                            await self._take_reply()
             except BaseException as exc:
                 self._fail(exc)
             self._window.raise_failed(broker=self._broker, key_type=self.key_type)

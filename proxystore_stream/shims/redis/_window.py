@@ -10,19 +10,39 @@ The I/O (reading replies, writing, reconnecting) is each twin's own.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
+from typing import Literal
 
 from proxystore_stream.shims._errors import map_errors
 from proxystore_stream.shims.redis._common import ERRORS
 from proxystore_stream.shims.redis._common import wrong_type
 
-__all__ = ["WINDOW", "WINDOW_BYTES", "Pending", "ReplyWindow", "keepable"]
+__all__ = [
+    "TAKE_REPLY",
+    "WINDOW",
+    "WINDOW_BYTES",
+    "WRITE",
+    "Pending",
+    "ReplyWindow",
+    "keep",
+    "keepable",
+]
 
 WINDOW = 64
 """Messages a publisher may have awaiting their reply at once."""
 
 WINDOW_BYTES = 8 * 1024 * 1024
 """Bytes of messages a publisher may have awaiting their reply at once."""
+
+
+Step = Literal["take a reply", "write"]
+
+TAKE_REPLY: Step = "take a reply"
+"""A step of `ReplyWindow.send_steps`: read the oldest pending message's reply."""
+
+WRITE: Step = "write"
+"""A step of `ReplyWindow.send_steps`: write the message (`accept` it first)."""
 
 
 def keepable(buffer: Any) -> Any:
@@ -34,6 +54,12 @@ def keepable(buffer: Any) -> Any:
     if type(buffer) is bytes or memoryview(buffer).readonly:
         return buffer
     return bytes(buffer)
+
+
+def keep(message: Any) -> tuple[Any, int]:
+    """`keepable(message)` and its size in bytes: what a publisher's `send` keeps."""
+    kept = keepable(message)
+    return kept, len(kept) if type(kept) is bytes else memoryview(kept).nbytes
 
 
 class Pending:
@@ -92,6 +118,26 @@ class ReplyWindow:
         """Whether a message of `size` bytes, once written, waits for its reply."""
         return self._settle_from is not None and size >= self._settle_from
 
+    def send_steps(self, item: Pending) -> Iterator[Step]:
+        """What a send of `item` does once it took the replies that already arrived.
+
+        The caller carries out each step before asking for the next: take
+        replies until the window has room, write the message unless an
+        error reply is waiting to be raised, then (a message that `settles`)
+        take replies until its own came. An `item` accepted by an earlier,
+        failed attempt is pending already: nothing is left to do.
+        """
+        if item.accepted:
+            return
+        while self.full_for(item.size):
+            yield TAKE_REPLY
+        if self.failed:
+            return
+        yield WRITE
+        if self.settles(item.size):
+            while self.pending:
+                yield TAKE_REPLY
+
     def accept(self, item: Pending) -> None:
         """Note that `item` is being written: it now awaits its reply."""
         self.pending.append(item)
@@ -120,6 +166,12 @@ class ReplyWindow:
         self.pending.clear()
         self.pending_bytes = 0
         return dropped
+
+    def give_up(self, exc: Exception) -> None:
+        """`drop` the pending messages, and say how many in `exc` (the reason to give up)."""
+        dropped = self.drop()
+        if dropped:
+            exc.args = (f"{exc.args[0]}; {dropped} unacknowledged message(s) dropped",)
 
     def raise_failed(self, *, broker: str, key_type: str | None) -> None:
         """Raise the first error reply not raised yet, mapped, naming its topic.

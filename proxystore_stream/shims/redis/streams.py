@@ -409,6 +409,21 @@ def _group_error(topic: str, exc: Exception) -> Exception:
     return exc
 
 
+def _detached_entry(
+    topic: str,
+    trim: tuple[Any, ...],
+    message: bytes,
+    frames: list[Any],
+) -> tuple[tuple[Any, ...], int]:
+    """The XADD of a detached message (envelope and object in fields of their own), and its size.
+
+    Mutable frames are copied: a message is kept until Redis acknowledged it.
+    """
+    parts = [keepable(frame) for frame in frames]
+    arguments = ("XADD", topic, *trim, "*", FIELD, message, OBJECT_FIELD, parts)
+    return arguments, frames_size(parts) + len(message)
+
+
 class RedisStreamPublisher(CommandPublisher):
     """Publisher appending each message to the stream `topic` (XADD).
 
@@ -487,9 +502,7 @@ class RedisStreamPublisher(CommandPublisher):
         until acknowledged). Raises as `send`.
         """
         check_topic(topic)
-        parts = [keepable(frame) for frame in frames]
-        arguments = ("XADD", topic, *self._trim, "*", FIELD, message, OBJECT_FIELD, parts)
-        self._send_command(topic, arguments, frames_size(parts) + len(message))
+        self._send_command(topic, *_detached_entry(topic, self._trim, message, frames))
 
     def send(self, topic: str, message: bytes) -> None:
         """Append a message to the stream `topic`; Redis acknowledges it later (see `flush`).
@@ -786,9 +799,7 @@ class AsyncRedisStreamPublisher(AsyncCommandPublisher):
     async def send_detached(self, topic: str, message: bytes, frames: list[Any]) -> None:
         """Append a `DetachedMessage` (see `RedisStreamPublisher.send_detached`)."""
         check_topic(topic)
-        parts = [keepable(frame) for frame in frames]
-        arguments = ("XADD", topic, *self._trim, "*", FIELD, message, OBJECT_FIELD, parts)
-        await self._send_command(topic, arguments, frames_size(parts) + len(message))
+        await self._send_command(topic, *_detached_entry(topic, self._trim, message, frames))
 
     async def send(self, topic: str, message: bytes) -> None:
         """Append a message to the stream (see `RedisStreamPublisher.send`)."""
