@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import queue
 import subprocess
 import sys
@@ -15,9 +16,11 @@ import pytest
 from rich.console import Console
 
 from proxystore_stream.cli.bench import BenchConfig
+from proxystore_stream.cli.bench import Measurement
 from proxystore_stream.cli.bench import auto_count
 from proxystore_stream.cli.bench import parse_size
 from proxystore_stream.cli.bench import parse_sizes
+from proxystore_stream.cli.bench import ratios
 from proxystore_stream.cli.bench import run_bench
 from proxystore_stream.cli.targets import TARGETS
 from proxystore_stream.cli.targets import inprocess
@@ -269,3 +272,50 @@ def test_bench_bad_size_is_a_usage_error() -> None:
     result = run_cli("bench", "--sizes", "lots")
     assert result.returncode == 2
     assert "not a size" in result.stderr
+
+
+def test_ratios_pair_rounds_and_leave_out_failed_ones() -> None:
+    ours = Measurement("ours", "ours", 100, count=10, seconds=0.2)
+    ours.round_per_message = [0.04, 0.02, 0.03]
+    sync = Measurement("ours-sync", "ours sync", 100, count=10, seconds=0.1)
+    sync.round_per_message = [0.01, 0.03, 0.06]
+    bare = Measurement("bare", "bare", 100, count=10, seconds=0.1)
+    bare.round_per_message = [0.02, 0.01, math.inf]  # round 3 of bare failed
+    found = dict((m.path, r) for m, r in ratios([ours, sync, bare]))
+    assert found["ours"].vs_bare_rounds == pytest.approx([2.0, 2.0])
+    # async/sync compares rates: the sync twin's time per message over ours.
+    assert found["ours"].async_over_sync_rounds == pytest.approx([0.25, 1.5, 2.0])
+    assert found["bare"].vs_bare_rounds == []
+
+
+@pytest.mark.timeout(90)
+def test_bench_reports_each_rounds_ratio(tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    result = run_cli(
+        "bench",
+        "--shim",
+        "local",
+        "--sizes",
+        "100",
+        "--count",
+        "200",
+        "--repeat",
+        "3",
+        "--async",
+        "--json",
+        str(out_json),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "vs bare, rounds" in result.stdout
+    assert "async/sync, rounds" in result.stdout
+    rows = {row["path"]: row for row in json.loads(out_json.read_text())["results"]}
+    for path in ("ours", "ours-sync", "bare"):
+        assert len(rows[path]["round_per_message"]) == 3
+        assert all(x > 0 for x in rows[path]["round_per_message"])
+    ours, bare, sync = (rows[path]["round_per_message"] for path in ("ours", "bare", "ours-sync"))
+    expected = [a / b for a, b in zip(ours, bare, strict=True)]
+    assert rows["ours"]["ratio_vs_bare_rounds"] == pytest.approx(expected)
+    expected = [s / a for a, s in zip(ours, sync, strict=True)]
+    assert rows["ours"]["ratio_async_over_sync_rounds"] == pytest.approx(expected)
+    # The reported ratio is that of the fastest rounds.
+    assert rows["ours"]["ratio_vs_bare"] == pytest.approx(min(ours) / min(bare))

@@ -356,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     if not console.is_terminal:
         # Piped or captured: room for the whole table on one line per row.
-        console = Console(width=max(console.width, 120))
+        console = Console(width=max(console.width, 170))
     errors = Console(stderr=True)
     try:
         if args.command == "demo":

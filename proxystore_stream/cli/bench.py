@@ -37,6 +37,7 @@ import asyncio
 import importlib
 import inspect
 import json
+import math
 import os
 import queue as queue_module
 import re
@@ -225,6 +226,9 @@ class Measurement:
         p99_us: 99th percentile latency in microseconds.
         error: Why the run failed, if it did.
         rounds: Rounds measured; this is the fastest of them.
+        round_per_message: Seconds per message of every round, in round
+            order (inf for a round that failed), so ratios can be paired
+            round by round (`Ratios.vs_bare_rounds`).
         duplicates: Objects delivered again (at-least-once brokers after a
             rebalance or reconnect), dropped by event id and not counted.
         cpu_seconds: CPU time of the whole bench process (every thread,
@@ -241,6 +245,7 @@ class Measurement:
     p99_us: float = 0.0
     error: str | None = None
     rounds: int = 1
+    round_per_message: list[float] = field(default_factory=list)
     cpu_seconds: float = 0.0
     duplicates: int = 0
 
@@ -267,6 +272,10 @@ class Measurement:
     def as_dict(self) -> dict[str, Any]:
         """Return the measurement with its derived rates, for JSON."""
         data = asdict(self)
+        # JSON has no infinity: a failed round is null.
+        data["round_per_message"] = [
+            x if math.isfinite(x) else None for x in self.round_per_message
+        ]
         data["messages_per_second"] = self.messages_per_second
         data["mb_per_second"] = self.mb_per_second
         data["cpu_us_per_message"] = self.cpu_us_per_message
@@ -945,6 +954,7 @@ def _best(runs: list[Measurement]) -> Measurement:
     failed = [run for run in runs if run.error]
     best = failed[0] if failed else min(runs, key=lambda run: run.per_message)
     best.rounds = len(runs)
+    best.round_per_message = [math.inf if run.error else run.per_message for run in runs]
     return best
 
 
@@ -957,11 +967,28 @@ class Ratios:
         vs_file: Our time per message over plain files' (``--store file``).
         async_over_sync: Async msg/s over the sync twin's msg/s, measured
             in the same run (``--async``; above 1: async is faster).
+        vs_bare_rounds: `vs_bare` of each round on its own (our round k
+            over bare's round k), rounds where either failed left out: how
+            far the ratio moves within one run.
+        async_over_sync_rounds: `async_over_sync` of each round on its own.
     """
 
     vs_bare: float | None = None
     vs_file: float | None = None
     async_over_sync: float | None = None
+    vs_bare_rounds: list[float] = field(default_factory=list)
+    async_over_sync_rounds: list[float] = field(default_factory=list)
+
+
+def _paired(numerator: Measurement, denominator: Measurement) -> list[float]:
+    """Round k of `numerator` over round k of `denominator` (time per message)."""
+    return [
+        ours / theirs
+        for ours, theirs in zip(
+            numerator.round_per_message, denominator.round_per_message, strict=False
+        )
+        if math.isfinite(ours) and math.isfinite(theirs) and theirs > 0
+    ]
 
 
 def _usable(result: Measurement | None) -> bool:
@@ -979,10 +1006,13 @@ def ratios(results: list[Measurement]) -> Iterator[tuple[Measurement, Ratios]]:
             twin = by_size.get((result.size, f"{result.path}-sync"))
             if bare is not None and _usable(bare):
                 found.vs_bare = result.per_message / bare.per_message
+                found.vs_bare_rounds = _paired(result, bare)
             if files is not None and _usable(files):
                 found.vs_file = result.per_message / files.per_message
             if twin is not None and _usable(twin):
                 found.async_over_sync = result.messages_per_second / twin.messages_per_second
+                # msg/s over msg/s is the twin's time per message over ours.
+                found.async_over_sync_rounds = _paired(twin, result)
         yield result, found
 
 
@@ -1029,36 +1059,53 @@ def results_table(config: BenchConfig, results: list[Measurement]) -> Table:
     table.add_column("vs bare", justify="right")
     if config.store == "file":
         table.add_column("vs file", justify="right")
+    per_round = config.repeat > 1
+    if per_round:
+        table.add_column("vs bare, rounds", justify="right")
     if config.use_async:
         table.add_column("async/sync", justify="right")
+        if per_round:
+            table.add_column("async/sync, rounds", justify="right")
     previous = None
     for result, found in ratios(results):
         size = format_size(result.size) if result.size != previous else ""
         previous = result.size
         if result.error:
             cells = [size, result.label, "", "", "", "", "", "", f"[red]{result.error}[/red]"]
-        else:
-            cells = [
-                size,
-                result.label,
-                _fmt(result.count) + (f" +{result.duplicates} dup" if result.duplicates else ""),
-                _fmt(result.messages_per_second),
-                _fmt(result.mb_per_second, 1),
-                _fmt_us(result.p50_us),
-                _fmt_us(result.p99_us),
-                _fmt_us(result.cpu_us_per_message),
-                _ratio(found.vs_bare),
-            ]
+            table.add_row(*cells)  # rich leaves the remaining cells empty
+            continue
+        cells = [
+            size,
+            result.label,
+            _fmt(result.count) + (f" +{result.duplicates} dup" if result.duplicates else ""),
+            _fmt(result.messages_per_second),
+            _fmt(result.mb_per_second, 1),
+            _fmt_us(result.p50_us),
+            _fmt_us(result.p99_us),
+            _fmt_us(result.cpu_us_per_message),
+            _ratio(found.vs_bare),
+        ]
         if config.store == "file":
-            cells.append("" if result.error else _ratio(found.vs_file))
+            cells.append(_ratio(found.vs_file))
+        if per_round:
+            cells.append(_spread(found.vs_bare_rounds))
         if config.use_async:
-            cells.append("" if result.error else _ratio(found.async_over_sync))
+            cells.append(_ratio(found.async_over_sync))
+            if per_round:
+                cells.append(_spread(found.async_over_sync_rounds))
         table.add_row(*cells)
     return table
 
 
 def _ratio(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
+
+
+def _spread(values: list[float]) -> str:
+    """``median (lowest-highest)`` of per-round ratios; empty for fewer than two."""
+    if len(values) < 2:
+        return ""
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def write_json(path: str, config: BenchConfig, results: list[Measurement]) -> None:
@@ -1069,6 +1116,8 @@ def write_json(path: str, config: BenchConfig, results: list[Measurement]) -> No
         row["ratio_vs_bare"] = found.vs_bare
         row["ratio_vs_file"] = found.vs_file
         row["ratio_async_over_sync"] = found.async_over_sync
+        row["ratio_vs_bare_rounds"] = found.vs_bare_rounds
+        row["ratio_async_over_sync_rounds"] = found.async_over_sync_rounds
         rows.append(row)
     document = {"config": asdict(config), "results": rows}
     Path(path).write_text(json.dumps(document, indent=2) + "\n")
