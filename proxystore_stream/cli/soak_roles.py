@@ -58,6 +58,8 @@ COUNT_BYTES = 1 << 20
 def count_every(size: int) -> int:
     """How many payloads of `size` bytes go between two counts (flow-control checks)."""
     return max(1, min(COUNT_EVERY, COUNT_BYTES // size))
+
+
 LOCAL_MAXSIZE = 1024
 """Buffer of each `local` subscriber (block policy)."""
 HOLD_SECONDS = 0.001
