@@ -244,13 +244,18 @@ def test_messages_of_every_size_arrive_whole_and_in_order(process_queue: Any, re
 
 
 @pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="pipe sizes are Linux's")
-def test_the_pipe_grows_once_a_large_message_came(process_queue: Any) -> None:
+def test_the_pipe_grows_once_a_message_over_4_kib_came(process_queue: Any) -> None:
     publisher = QueuePublisher({"t": process_queue})
     subscriber = QueueSubscriber(process_queue)
     fd = process_queue._reader.fileno()
-    publisher.send("t", b"small")
-    assert subscriber.receive(timeout=10) == b"small"
+    for small in (b"small", b"s" * (queue_shim.GROW_FROM // 2)):
+        publisher.send("t", small)
+        assert subscriber.receive(timeout=10) == small
     assert fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) == 64 * 1024  # small messages: untouched
+    medium = b"m" * (10 << 10)
+    publisher.send("t", medium)
+    assert subscriber.receive(timeout=10) == medium
+    assert fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) == queue_shim.PIPE_CAPACITY
     large = [bytes([i]) * (3 << 20) for i in range(3)]
     sender = threading.Thread(target=lambda: [publisher.send("t", m) for m in large])
     sender.start()
