@@ -21,6 +21,7 @@ from proxystore_stream.cli.bench import auto_count
 from proxystore_stream.cli.bench import parse_size
 from proxystore_stream.cli.bench import parse_sizes
 from proxystore_stream.cli.bench import ratios
+from proxystore_stream.cli.bench import results_table
 from proxystore_stream.cli.bench import run_bench
 from proxystore_stream.cli.targets import TARGETS
 from proxystore_stream.cli.targets import inprocess
@@ -194,6 +195,11 @@ def test_bench_records_a_failing_path_and_measures_the_others(
         else:
             assert result.error is None
             assert result.count == 50
+    # The table shows the error in its row, beside the others' per-round ratios.
+    out = io.StringIO()
+    Console(file=out, width=200).print(results_table(config, results))
+    assert out.getvalue().count("ValueError: message is larger") == 2
+    assert "vs bare, rounds" in out.getvalue()
 
 
 class _Twice:
