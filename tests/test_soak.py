@@ -348,3 +348,31 @@ def test_long_soak(shim: str, use_async: bool) -> None:
     """The 60 s soak of the closing note; not part of the default run."""
     report = run_soak(SoakConfig(shim=shim, seconds=60, use_async=use_async))
     assert report.failures() == []
+
+
+@pytest.mark.timeout(120)
+def test_a_role_failing_during_setup_ends_the_run_with_its_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The soak's topic, known in advance, is a Redis string: a consumer
+    # fails to create its group while its memory sampler waits for the
+    # start. A multiprocessing.Event's set() then waited forever for that
+    # dead waiter to wake; the run must end, reporting the consumer's error.
+    require_broker("redis", "127.0.0.1", 6379)
+    import uuid
+
+    import redis
+
+    fixed = uuid.uuid4()
+    monkeypatch.setattr("proxystore_stream.cli.soak.uuid.uuid4", lambda: fixed)
+    topic = f"soak-{fixed.hex[:12]}"
+    with redis.Redis("127.0.0.1", 6379) as client:
+        client.set(topic, "not a stream")
+        try:
+            report = run_soak(SoakConfig(shim="redis-stream", seconds=1, drain_seconds=5))
+        finally:
+            client.delete(topic)
+    assert report.sent == 0
+    failed = [e for e in report.errors if e.startswith("consumer") and "not a stream" in e]
+    assert failed, report.errors
+    assert report.failures()

@@ -71,6 +71,7 @@ from rich.table import Table
 from proxystore_stream.cli.soak_roles import MIN_SIZE
 from proxystore_stream.cli.soak_roles import REPORT_SECONDS
 from proxystore_stream.cli.soak_roles import SETUP_SECONDS
+from proxystore_stream.cli.soak_roles import Flag
 from proxystore_stream.cli.soak_roles import Shared as _Shared
 from proxystore_stream.cli.soak_roles import Spec as _Spec
 from proxystore_stream.cli.soak_roles import in_process_main
@@ -528,8 +529,8 @@ def _run(spec: _Spec, config: SoakConfig, report: SoakReport, console: Console) 
     ctx = multiprocessing.get_context("spawn")
     shared = _Shared(
         results=ctx.Queue(),
-        go=ctx.Event(),
-        stop=ctx.Event(),
+        go=Flag(ctx),
+        stop=Flag(ctx),
         sent=ctx.RawArray("q", spec.producers),
         received=ctx.RawArray("q", spec.consumers),
         # Room for every message in flight, so a put never waits in practice.

@@ -101,13 +101,49 @@ class Spec:
         return count_every(self.size)
 
 
+class Flag:
+    """A signal shared by processes: the parent sets it once, roles read it.
+
+    Not a `multiprocessing.Event`: its ``set()`` waits until every process
+    waiting on it has woken, so a process that died while waiting (a role
+    that failed during setup leaves its memory sampler waiting for the
+    start) made ``set()``, and the whole run, block forever. Waiting here
+    polls a shared byte every `GO_POLL_SECONDS` instead, which no dead
+    waiter can hold up.
+
+    Args:
+        ctx: The multiprocessing context the roles are started from.
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        self._value = ctx.RawValue("b", 0)
+
+    def set(self) -> None:
+        """Raise the flag (never waits)."""
+        self._value.value = 1
+
+    def is_set(self) -> bool:
+        """Whether the flag is raised."""
+        return bool(self._value.value)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until the flag is raised, `timeout` seconds at most; False if it was not."""
+        deadline = time.monotonic() + timeout
+        while not self._value.value:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(GO_POLL_SECONDS, remaining))
+        return True
+
+
 @dataclass(frozen=True)
 class Shared:
     """Primitives shared by the parent and every process."""
 
     results: Any  # multiprocessing.Queue of (kind, label, payload)
-    go: Any  # Event: start streaming
-    stop: Any  # Event: consumers stop
+    go: Any  # Flag: start streaming
+    stop: Any  # Flag: consumers stop
     sent: Any  # RawArray: messages sent, one slot per producer (single writer)
     received: Any  # RawArray: messages received, one slot per consumer
     queue: Any  # the multiprocessing.Queue of the queue shim, or None
