@@ -162,6 +162,18 @@ def test_fan_out_broker_shims_give_every_consumer_every_message(
     assert len(report.processes) == 5
 
 
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+def test_zeromq_through_a_forwarder_gives_every_consumer_every_message(use_async: bool) -> None:
+    # Each producer waits for every consumer's own presence topic before
+    # sending; a message sent before a subscription arrived would be lost.
+    config = SoakConfig(shim="zmq", seconds=2, consumers=3, size=256, use_async=use_async)
+    report = run_soak(config)
+    assert report.fanout is True
+    assert report.transport.startswith("ZeroMQ")
+    assert_nothing_lost(report, deliveries_per_message=3)
+    assert len(report.processes) == 5
+
+
 def test_large_pub_sub_payloads_stay_within_redis_output_buffer() -> None:
     # Redis disconnects a pub/sub subscriber 32 MiB behind. Flow control
     # counts large payloads often, bounds bytes in flight (16 MiB) and waits
@@ -343,7 +355,7 @@ def test_competing_queue_subscribers_honour_their_timeout() -> None:
 
 @pytest.mark.skipif(not os.environ.get("PSS_LONG_SOAK"), reason="set PSS_LONG_SOAK=1")
 @pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
-@pytest.mark.parametrize("shim", ["queue", "redis-stream", "rabbitmq-queue"])
+@pytest.mark.parametrize("shim", ["queue", "redis-stream", "rabbitmq-queue", "zmq"])
 def test_long_soak(shim: str, use_async: bool) -> None:
     """The 60 s soak of the closing note; not part of the default run."""
     report = run_soak(SoakConfig(shim=shim, seconds=60, use_async=use_async))

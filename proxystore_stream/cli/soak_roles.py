@@ -94,6 +94,14 @@ class Spec:
     rabbitmq_url: str
     use_async: bool = False
     kafka_bootstrap: str = ""
+    zmq_frontend: str = ""
+    """Where ZeroMQ producers connect: the run's forwarder (XSUB side)."""
+    zmq_backend: str = ""
+    """Where ZeroMQ consumers connect: the run's forwarder (XPUB side)."""
+
+    def presence_topic(self, consumer: int) -> str:
+        """The topic ZeroMQ consumer `consumer` subscribes to, after `topic`, to be counted."""
+        return f"{self.topic}-present-{consumer}"
 
     @property
     def count_every(self) -> int:
@@ -231,6 +239,11 @@ def open_publisher(spec: Spec, shared: Shared) -> Any:
         # The async twin's from_bootstrap is a coroutine: `_opened` awaits it.
         cls = kafka.AsyncKafkaPublisher if use_async else kafka.KafkaPublisher
         return cls.from_bootstrap(spec.kafka_bootstrap, **PRODUCER)
+    if spec.shim == "zmq":
+        from proxystore_stream.shims import zmq
+
+        cls = zmq.AsyncZeroMQPublisher if use_async else zmq.ZeroMQPublisher
+        return cls(spec.zmq_frontend, bind=False)
     if spec.shim.startswith("redis"):
         from proxystore_stream.shims import redis
 
@@ -272,6 +285,13 @@ def _open_subscriber(spec: Spec, shared: Shared, index: int) -> Any:
         )
         subscriber.wait_assigned(SETUP_SECONDS / 2)
         return subscriber
+    if spec.shim == "zmq":
+        from proxystore_stream.shims import zmq
+
+        # The presence topic goes second: a producer that has seen it knows
+        # the forwarder holds this consumer's subscription to the stream.
+        cls = zmq.AsyncZeroMQSubscriber if use_async else zmq.ZeroMQSubscriber
+        return cls(spec.zmq_backend, topic=[spec.topic, spec.presence_topic(index)])
     if spec.shim == "redis":
         from proxystore_stream.shims import redis
 
@@ -330,6 +350,31 @@ async def _opened(endpoint: Any) -> Any:
     if wait_assigned is not None:
         await wait_assigned(SETUP_SECONDS / 2)
     return endpoint
+
+
+def _await_consumers(spec: Spec, publisher: Any) -> None:
+    """A ZeroMQ producer waits until every consumer's subscription reached it.
+
+    ZeroMQ drops what is sent before a subscription arrived (the slow
+    joiner). Through the forwarder a publisher cannot count subscribers of
+    one topic (its XSUB side passes each topic on once), so every consumer
+    also subscribes to a topic of its own, after the stream's; a producer
+    that has seen all of those may send.
+    """
+    if spec.shim == "zmq":
+        for consumer in range(spec.consumers):
+            publisher.wait_for_subscribers(spec.presence_topic(consumer), timeout=_ZMQ_WAIT)
+
+
+async def _await_consumers_async(spec: Spec, publisher: Any) -> None:
+    """`_await_consumers` for an async publisher."""
+    if spec.shim == "zmq":
+        for consumer in range(spec.consumers):
+            await publisher.wait_for_subscribers(spec.presence_topic(consumer), timeout=_ZMQ_WAIT)
+
+
+_ZMQ_WAIT = SETUP_SECONDS / 2
+"""Seconds a ZeroMQ producer waits for the consumers at most."""
 
 
 # --- the counting, shared by the sync and async loops -------------------------
@@ -612,6 +657,7 @@ def role_main(spec: Spec, shared: Shared, role: str, index: int) -> None:
         if role == "producer":
             store = _open_store(spec)
             endpoint = open_publisher(spec, shared)
+            _await_consumers(spec, endpoint)
             _produce(spec, shared, index, endpoint, store)
         else:
             endpoint = _open_subscriber(spec, shared, index)
@@ -641,6 +687,7 @@ async def _role_async(
         if role == "producer":
             store = _open_store(spec)
             endpoint = await _opened(open_publisher(spec, shared))
+            await _await_consumers_async(spec, endpoint)
             await _produce_async(spec, shared, index, endpoint, store)
         else:
             endpoint = await _opened(_open_subscriber(spec, shared, index))
