@@ -352,6 +352,10 @@ async def _opened(endpoint: Any) -> Any:
     return endpoint
 
 
+_ZMQ_WAIT = SETUP_SECONDS / 2
+"""Seconds a ZeroMQ producer waits for the consumers at most."""
+
+
 def _await_consumers(spec: Spec, publisher: Any) -> None:
     """A ZeroMQ producer waits until every consumer's subscription reached it.
 
@@ -371,10 +375,6 @@ async def _await_consumers_async(spec: Spec, publisher: Any) -> None:
     if spec.shim == "zmq":
         for consumer in range(spec.consumers):
             await publisher.wait_for_subscribers(spec.presence_topic(consumer), timeout=_ZMQ_WAIT)
-
-
-_ZMQ_WAIT = SETUP_SECONDS / 2
-"""Seconds a ZeroMQ producer waits for the consumers at most."""
 
 
 # --- the counting, shared by the sync and async loops -------------------------
