@@ -325,3 +325,26 @@ def test_bench_reports_each_rounds_ratio(tmp_path: Path) -> None:
     assert rows["ours"]["ratio_async_over_sync_rounds"] == pytest.approx(expected)
     # The reported ratio is that of the fastest rounds.
     assert rows["ours"]["ratio_vs_bare"] == pytest.approx(min(ours) / min(bare))
+
+
+@pytest.mark.timeout(180)
+def test_a_kafka_bench_deletes_the_topics_it_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kafka import KafkaAdminClient
+
+    from tests.kafka_broker import bootstrap
+
+    servers = bootstrap()
+    monkeypatch.setenv("PSS_KAFKA_BOOTSTRAP", servers)
+    admin = KafkaAdminClient(bootstrap_servers=servers)
+    try:
+        before = set(admin.list_topics())
+        config = BenchConfig(shim="kafka", sizes=[100], count=50, repeat=2, seconds_limit=20)
+        results = run_bench(config, Console(file=io.StringIO()))
+        assert [(r.path, r.error, r.count) for r in results] == [
+            ("ours", None, 50),
+            ("bare", None, 50),
+        ]
+        # Two rounds of ours and of bare made four topics; none is left.
+        assert {t for t in admin.list_topics() if t.startswith("bench-")} <= before
+    finally:
+        admin.close()

@@ -37,6 +37,7 @@ import asyncio
 import importlib
 import inspect
 import json
+import logging
 import math
 import os
 import queue as queue_module
@@ -117,6 +118,9 @@ _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
 
 class BenchError(Exception):
     """A bench setting or target that cannot be used (reported, exit code 2)."""
+
+
+logger = logging.getLogger(__name__)
 
 
 def parse_size(text: str) -> int:
@@ -624,7 +628,19 @@ def _run_ours(
             )
     finally:
         runner.progress.remove_task(task)
+        _delete_topics(target, config.shim, names)
     return _measurement(path, label, size, tallies, start, cpu)
+
+
+def _delete_topics(target: ModuleType, shim: str, topics: list[str]) -> None:
+    """Remove what a run left in the broker, where the target can (`delete_topics`)."""
+    delete = getattr(target, "delete_topics", None)
+    if delete is None:
+        return
+    try:
+        delete(shim, topics)
+    except Exception as exc:  # the measurement stands; the leftover is reported
+        logger.warning("could not delete the bench topics %s: %s", topics, exc)
 
 
 def _ours_names(config: BenchConfig, topics: int, use_async: bool) -> tuple[str, str]:
@@ -935,8 +951,12 @@ def _bare_round(
     label = labels.get(config.shim, f"bare {config.shim} client")
 
     def run() -> Measurement:
-        client = target.open_bare(config.shim, f"bench-bare-{uuid.uuid4().hex[:8]}")
-        return _run_bare(client, "bare", label, size, count, runner)
+        topic = f"bench-bare-{uuid.uuid4().hex[:8]}"
+        client = target.open_bare(config.shim, topic)
+        try:
+            return _run_bare(client, "bare", label, size, count, runner)
+        finally:
+            _delete_topics(target, config.shim, [topic])
 
     return _recorded("bare", label, size, run)
 

@@ -8,6 +8,9 @@ Each broker module here provides, for every shim name it serves:
   the caller.
 - `open_bare(name, topic) -> BareClient`: the broker's own client doing the
   same work with no proxystore_stream code in the way, ready likewise.
+- optionally `delete_topics(name, topics)`: remove what a run left in the
+  broker, called once the run's endpoints are closed (Kafka keeps every
+  topic, with its payloads, until deleted).
 
 `TARGETS` maps each shim name to its module; a module is imported only when
 its shim is chosen, so a missing extra gives a clear MissingDependencyError.

@@ -37,7 +37,13 @@ from proxystore_stream.shims.kafka import KafkaPublisher
 from proxystore_stream.shims.kafka import KafkaSubscriber
 from proxystore_stream.shims.kafka import create_topics
 
-__all__ = ["BARE_LABELS", "open_async_endpoints", "open_bare", "open_endpoints"]
+__all__ = [
+    "BARE_LABELS",
+    "delete_topics",
+    "open_async_endpoints",
+    "open_bare",
+    "open_endpoints",
+]
 
 BARE_LABELS = {"kafka": "bare kafka-python send/iterate"}
 """How the bench table names each bare client."""
@@ -197,6 +203,19 @@ def _time_sends(publisher: Any, subscriber: Any, topic: str, size: int, n: int) 
     return time.perf_counter() - start
 
 
+def delete_topics(name: str, topics: list[str]) -> None:
+    """Delete a run's topics: the broker would keep every payload sent to them.
+
+    A session of 1 MiB runs left gigabytes in the memory of a tansu broker
+    (its in-memory storage) before this.
+    """
+    admin = kafka.KafkaAdminClient(bootstrap_servers=_servers())
+    try:
+        admin.delete_topics(topics)
+    finally:
+        admin.close()
+
+
 def _main() -> None:  # pragma: no cover - manual smoke check
     for size, n in ((100, 20000), (1024 * 1024, 100)):
         topic = f"bench-{uuid.uuid4().hex[:8]}"
@@ -218,6 +237,7 @@ def _main() -> None:  # pragma: no cover - manual smoke check
             assert len(bare.receive()) == size
         bare_s = time.perf_counter() - start
         bare.close()
+        delete_topics("kafka", [topic, f"{topic}-bare"])
         mb = size * n / 1e6
         print(
             f"{size:>8} B x {n}: ours {n / ours:9.0f} msg/s {mb / ours:7.1f} MB/s | "
