@@ -370,13 +370,9 @@ def _cleanup(spec: _Spec) -> None:
             with redis.Redis.from_url(spec.redis_url) as client:
                 client.delete(spec.topic)
         elif spec.shim == "kafka":
-            import kafka
+            from proxystore_stream.shims.kafka import delete_topics
 
-            admin = kafka.KafkaAdminClient(bootstrap_servers=spec.kafka_bootstrap)
-            try:
-                admin.delete_topics([spec.topic])
-            finally:
-                admin.close()
+            delete_topics(spec.kafka_bootstrap, [spec.topic])
         elif spec.shim.startswith("rabbitmq"):
             import pika
 

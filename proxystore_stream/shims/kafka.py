@@ -112,6 +112,7 @@ __all__ = [
     "KafkaPublisher",
     "KafkaSubscriber",
     "create_topics",
+    "delete_topics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -393,6 +394,30 @@ def create_topics(
         admin = kafka.KafkaAdminClient(bootstrap_servers=servers, **kwargs)
         try:
             _create_with(admin, topics, num_partitions, replication_factor)
+        finally:
+            admin.close()
+
+
+def delete_topics(servers: str | Sequence[str], topics: Iterable[str], **kwargs: Any) -> None:
+    """Delete topics, with every message they hold (missing ones are left alone).
+
+    Args:
+        servers: Bootstrap servers (``"host:port"`` or a list of them).
+        topics: Topic names.
+        **kwargs: Passed to `kafka.KafkaAdminClient` (SASL/SSL settings...).
+
+    Raises:
+        BrokerConnectionError: If the broker cannot be reached.
+    """
+    names = list(topics)
+    if not names:
+        return
+    kwargs.setdefault("bootstrap_timeout_ms", _DEFAULT_TIMEOUT_MS)
+    with map_errors(_ERRORS, broker=_describe(servers)):
+        admin = kafka.KafkaAdminClient(bootstrap_servers=servers, **kwargs)
+        try:
+            with contextlib.suppress(kafka.errors.UnknownTopicOrPartitionError):
+                admin.delete_topics(names)
         finally:
             admin.close()
 

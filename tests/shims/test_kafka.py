@@ -622,3 +622,24 @@ def test_confluent_clients_give_up_when_the_broker_stays_away() -> None:
     with pytest.raises(BrokerConnectionError):
         pub.close()  # purges the undelivered message instead of waiting 300 s
     assert time.monotonic() - started < 15.0
+
+
+def test_delete_topics_removes_them_and_ignores_missing_ones(servers: str) -> None:
+    from kafka import KafkaAdminClient
+
+    topics = [topic_name(), topic_name()]
+    kafka_shim.create_topics(servers, topics)
+    admin = KafkaAdminClient(bootstrap_servers=servers)
+    try:
+        assert set(topics) <= set(admin.list_topics())
+        kafka_shim.delete_topics(servers, topics)
+        assert not set(topics) & set(admin.list_topics())
+        kafka_shim.delete_topics(servers, [topic_name()])  # never made: no error
+        kafka_shim.delete_topics(servers, [])
+    finally:
+        admin.close()
+
+
+def test_delete_topics_on_an_unreachable_broker_raises_connection_error() -> None:
+    with pytest.raises(BrokerConnectionError):
+        kafka_shim.delete_topics("127.0.0.1:1", ["t"], bootstrap_timeout_ms=500)

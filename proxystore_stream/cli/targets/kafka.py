@@ -31,6 +31,7 @@ except ImportError as e:  # pragma: no cover - exercised by the extras test
     require(__name__, "kafka", "kafka", e)
 
 from proxystore_stream.cli.targets import BareClient
+from proxystore_stream.shims import kafka as kafka_shim
 from proxystore_stream.shims.kafka import AsyncKafkaPublisher
 from proxystore_stream.shims.kafka import AsyncKafkaSubscriber
 from proxystore_stream.shims.kafka import KafkaPublisher
@@ -209,11 +210,7 @@ def delete_topics(name: str, topics: list[str]) -> None:
     A session of 1 MiB runs left gigabytes in the memory of a tansu broker
     (its in-memory storage) before this.
     """
-    admin = kafka.KafkaAdminClient(bootstrap_servers=_servers())
-    try:
-        admin.delete_topics(topics)
-    finally:
-        admin.close()
+    kafka_shim.delete_topics(_servers(), topics)
 
 
 def _main() -> None:  # pragma: no cover - manual smoke check
