@@ -311,10 +311,13 @@ def test_b_redis_restart_mid_stream_loses_nothing(
     assert lost == 0
     # Both sides met the outage and retried.
     assert "unreachable" in caplog.text
-    # Queue: the consumer's message in flight when the connection broke, and
-    # a send whose reply the restart swallowed. Streams: only the latter (a
+    # Sends whose replies the restart swallowed are sent again: the publishers
+    # pipeline and read a reply at their next send (2 ms later here), so the
+    # send whose reply had come but was not read yet and the send in flight
+    # (seen once in CI: 2 on streams-async). Queue: also the consumer's
+    # message in flight when the connection broke. Streams: only the sends (a
     # reconnected consumer re-sends its XACKs and skips what it holds).
-    assert duplicated <= (2 if mode == "queue" else 1)
+    assert duplicated <= (3 if mode == "queue" else 2)
     if mode == "streams":
         # Every duplicate is an entry stored twice (count objects + 1 end).
         client = server.client()
