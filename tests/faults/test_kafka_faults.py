@@ -149,6 +149,9 @@ def test_sigkill_consumer_restarted_in_group_loses_nothing(durable_broker: Tansu
     assert first.wait(10) == -signal.SIGKILL
     first_got = [i for i, _ in handed]
     assert first_got == list(range(len(first_got)))  # in order, no gaps
+    # Commits are asynchronous: one the child wrote just before it died may
+    # still be on its way through the broker, so the offset read now is a
+    # lower bound of the one the restarted member finds.
     resume = committed(servers, group, topic)
     assert resume is not None
 
@@ -157,12 +160,15 @@ def test_sigkill_consumer_restarted_in_group_loses_nothing(durable_broker: Tansu
     lines = out.split()
     assert lines[-1] == "done"
     second_got = [int(x) for x in lines[:-1:2]]
-    assert second_got == list(range(resume, sent))  # resumes exactly at the commit
+    restart = second_got[0]
+    # Commits only move forward and cover only what was handed over.
+    assert resume <= restart <= len(first_got), (resume, restart, len(first_got))
+    assert second_got == list(range(restart, sent))  # in order from the commit, no gaps
 
     lost, duplicated = row("kill -9 consumer, restart in group", sent, first_got + second_got)
     assert lost == 0
     duplicates = set(first_got) & set(second_got)
-    assert duplicated == len(duplicates) == len(first_got) - resume
+    assert duplicated == len(duplicates) == len(first_got) - restart
     # The window: what the killed member handed over in its last commit
     # interval (commits go at most every COMMIT_INTERVAL, one round trip late).
     last = handed[-1][1]
