@@ -160,18 +160,20 @@ def test_receive_waits_as_long_as_each_call_asks() -> None:
         with pytest.raises(StreamTimeoutError):
             sub.receive(0.05)
         assert time.monotonic() - start < 1.0
-        sent = threading.Event()
+        sending = threading.Event()
 
         def send_later() -> None:
             time.sleep(0.3)  # longer than the short timeout above, well inside the long one
+            # Set before the send: the receiver may return before this thread
+            # runs again after it.
+            sending.set()
             pub.send("t", b"late")
-            sent.set()
 
         sender = threading.Thread(target=send_later)
         sender.start()
         try:
             assert sub.receive(10) == b"late"
-            assert sent.is_set()
+            assert sending.is_set()
         finally:
             sender.join(5)
         start = time.monotonic()
