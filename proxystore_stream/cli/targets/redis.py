@@ -204,7 +204,12 @@ class _BarePubSub:
 
     def receive(self) -> bytes:
         while True:
-            message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+            # None blocks until a message comes (redis-py's docs); its annotation
+            # says float since redis-py 8.2.
+            message = self._pubsub.get_message(
+                ignore_subscribe_messages=True,
+                timeout=None,  # type: ignore[arg-type]
+            )
             if message is not None and message["type"] == "message":
                 return message["data"]  # type: ignore[no-any-return]
 
