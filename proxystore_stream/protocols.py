@@ -19,6 +19,10 @@ the stream producer and consumer use when present:
   (ZeroMQ) can carry a large object's frames beside its envelope instead of
   inside it (`DetachedMessage`), so the producer does not copy the object
   into the envelope and the consumer does not copy it out again.
+- `ReceivesReady.receive_ready()` (async subscribers only): a message that is
+  already here, or None, without awaiting. `AsyncStreamConsumer` asks it
+  first, so a consumer that keeps up with a busy stream takes each object
+  without suspending through the subscriber's coroutine.
 
 The async twins (`AsyncPublisher`, `AsyncSubscriber`, ...) have the same
 method names, awaitable.
@@ -49,6 +53,7 @@ __all__ = [
     "Flushable",
     "Publisher",
     "ReceivesDetached",
+    "ReceivesReady",
     "ReceivingSubscriber",
     "SendsDetached",
     "Subscriber",
@@ -180,6 +185,21 @@ class AsyncReceivesDetached(Protocol):
 
     async def receive_detached(self, timeout: float | None = None) -> bytes | DetachedMessage:
         """Return the next message: bytes, or a `DetachedMessage`."""
+        ...
+
+
+@runtime_checkable
+class ReceivesReady(Protocol):
+    """An async subscriber that can hand over a message it already has without awaiting.
+
+    `receive_ready` never waits and never suspends; it returns what the
+    subscriber's `receive_detached` (or `receive`) would return at once,
+    or None when that call would have to wait. It returns None on a closed
+    subscriber too, so that the awaiting call raises as it should.
+    """
+
+    def receive_ready(self) -> bytes | DetachedMessage | None:
+        """Return a message that is already here, or None (never waits)."""
         ...
 
 

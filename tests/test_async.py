@@ -20,6 +20,7 @@ from proxystore_stream.adapters import ThreadedAsyncPublisher
 from proxystore_stream.adapters import ThreadedAsyncSubscriber
 from proxystore_stream.exceptions import MalformedMessageError
 from proxystore_stream.exceptions import StreamTimeoutError
+from proxystore_stream.exceptions import SubscriberClosedError
 from proxystore_stream.exceptions import TopicClosedError
 from proxystore_stream.proxy import Proxy
 from proxystore_stream.shims.queue import AsyncQueuePublisher
@@ -151,3 +152,108 @@ def test_blocking_adapters_over_async_shims() -> None:
     consumer.close()
     consumer.close()
     assert list(subscriber) == []
+
+
+class _CountingSubscriber:
+    """An async subscriber over a list of messages that counts how it was asked."""
+
+    def __init__(self, ready: bool) -> None:
+        self.messages: list[bytes] = []
+        self.arrived = asyncio.Event()
+        self.ready_calls = self.awaited = 0
+        self.closed = False
+        if not ready:
+            self.receive_ready = None  # type: ignore[assignment]
+
+    def receive_ready(self) -> bytes | None:
+        self.ready_calls += 1
+        if self.closed or not self.messages:
+            return None
+        return self.messages.pop(0)
+
+    async def receive(self, timeout: float | None = None) -> bytes:
+        self.awaited += 1
+        while True:
+            if self.closed:
+                raise SubscriberClosedError("closed")
+            if self.messages:
+                return self.messages.pop(0)
+            self.arrived.clear()
+            await asyncio.wait_for(self.arrived.wait(), timeout)
+
+    def __aiter__(self) -> Any:
+        raise AssertionError("the consumer uses receive")
+
+    async def close(self) -> None:
+        self.closed = True
+        self.arrived.set()
+
+
+def _envelopes(count: int) -> list[bytes]:
+    q: queue.Queue[bytes] = queue.Queue()
+    producer: StreamProducer[Any] = StreamProducer(QueuePublisher({"t": q}))
+    for i in range(count):
+        producer.send("t", i)
+    producer.close(topics=["t"])
+    return [q.get_nowait() for _ in range(q.qsize())]
+
+
+def test_async_consumer_takes_ready_messages_without_awaiting_receive() -> None:
+    async def main() -> None:
+        subscriber = _CountingSubscriber(ready=True)
+        subscriber.messages = _envelopes(50)
+        consumer: AsyncStreamConsumer[int] = AsyncStreamConsumer(subscriber)
+        assert [obj async for obj in consumer] == list(range(50))
+        assert subscriber.awaited == 0  # every message, the end included, was ready
+        assert subscriber.ready_calls == 51
+
+    run(main())
+
+
+def test_async_consumer_awaits_receive_when_nothing_is_ready() -> None:
+    async def main() -> None:
+        subscriber = _CountingSubscriber(ready=True)
+        envelopes = _envelopes(3)
+        consumer: AsyncStreamConsumer[int] = AsyncStreamConsumer(subscriber)
+        got: list[int] = []
+
+        async def consume() -> None:
+            got.extend([obj async for obj in consumer])
+
+        task = asyncio.create_task(consume())
+        for envelope in envelopes:  # one at a time, each after the consumer waits
+            for _ in range(100):  # bounded: the consumer reaches its wait in a few turns
+                if subscriber.awaited > len(got) or task.done():
+                    break
+                await asyncio.sleep(0)
+            subscriber.messages.append(envelope)
+            subscriber.arrived.set()
+            for _ in range(100):
+                if len(got) == envelopes.index(envelope) + 1 or task.done():
+                    break
+                await asyncio.sleep(0)
+        await asyncio.wait_for(task, 10)
+        assert got == [0, 1, 2]
+        assert subscriber.awaited == 4  # each object and the end waited for receive
+
+    run(main())
+
+
+def test_async_consumer_without_receive_ready_and_after_close() -> None:
+    async def main() -> None:
+        plain = _CountingSubscriber(ready=False)
+        plain.messages = _envelopes(5)
+        consumer: AsyncStreamConsumer[int] = AsyncStreamConsumer(plain)
+        assert [obj async for obj in consumer] == list(range(5))
+        assert plain.awaited == 6
+
+        closing = _CountingSubscriber(ready=True)
+        closing.messages = _envelopes(5)[:2]  # two objects, no end of stream
+        consumer = AsyncStreamConsumer(closing)
+        assert await consumer.next() == 0
+        await consumer.close()
+        # A closed subscriber has nothing ready: the awaiting path ends the stream.
+        assert [obj async for obj in consumer] == []
+        assert closing.awaited == 1
+
+    run(main())

@@ -1633,6 +1633,18 @@ class AsyncKafkaSubscriber(AsyncClosingContext):
     def _commit_timeout(self) -> float:
         return max(1.0, self._retry.deadline)
 
+    def receive_ready(self) -> bytes | None:
+        """Return a buffered message, or None (never waits).
+
+        Acknowledges the message handed over before, as `receive` does. None
+        also when the client is due a poll or a commit: `receive` does those.
+        """
+        if self._closed:
+            return None
+        delivery = self._delivery
+        delivery.ack_handed()
+        return delivery.take().value if delivery.ready() else None  # type: ignore[union-attr]
+
     async def receive(self, timeout: float | None = None) -> bytes:
         """Return the next message (see `KafkaSubscriber.receive`)."""
         deadline = _deadline(timeout)

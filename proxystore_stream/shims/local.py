@@ -581,6 +581,12 @@ class AsyncLocalSubscriber(AsyncClosingContext):
             except SubscriberClosedError:
                 return
 
+    def receive_ready(self) -> bytes | None:
+        """Return a message that is already buffered, or None (never waits)."""
+        buffer = self._buffer
+        with buffer.lock:
+            return None if buffer.closed else buffer._take()
+
     async def receive(self, timeout: float | None = None) -> bytes:
         """Return the next message (see `LocalSubscriber.receive`)."""
         buffer = self._buffer

@@ -477,6 +477,15 @@ class AsyncQueueSubscriber:
             except SubscriberClosedError:
                 return
 
+    def receive_ready(self) -> bytes | None:
+        """Return a message that is already queued, or None (never waits)."""
+        sync = self._sync
+        if sync._closed or self._offloaded.busy:
+            return None  # a cancelled call's message comes first, through receive
+        take = sync._taker or sync._make_taker()
+        message = take(0.0)
+        return None if message is _NOTHING else message
+
     async def receive(self, timeout: float | None = None) -> bytes:
         """Return the next message (see `QueueSubscriber.receive`)."""
         sync = self._sync

@@ -1908,14 +1908,37 @@ class AsyncRabbitMQSubscriber(AsyncOpeningContext):
             if self._closed:
                 inbox.put_nowait((generation, 0, None))  # wake the next waiter too
                 raise SubscriberClosedError("AsyncRabbitMQSubscriber is closed")
-            if generation != self._generation:
-                continue  # from a lost connection: the broker redelivers it
-            if body is None:
-                self._broken = True
-                continue
-            if self._mode == "queue":
-                self._last_tag = tag
-            return body
+            message = self._hand(generation, tag, body)
+            if message is not None:
+                return message
+
+    def receive_ready(self) -> bytes | DetachedMessage | None:
+        """Return a message already in the inbox, as it came, or None (never waits).
+
+        Acknowledges the message handed over before, as `receive` does.
+        """
+        if self._closed or self._broken:
+            return None
+        self._ack_handed()
+        inbox = self._inbox
+        while not self._broken and not inbox.empty():  # bounded by the inbox
+            message = self._hand(*inbox.get_nowait())
+            if message is not None:
+                return message
+        return None
+
+    def _hand(
+        self, generation: int, tag: int, body: bytes | DetachedMessage | None
+    ) -> bytes | DetachedMessage | None:
+        """Hand over an inbox item; None for one to skip (or a lost connection's mark)."""
+        if generation != self._generation:
+            return None  # from a lost connection: the broker redelivers it
+        if body is None:
+            self._broken = True  # the next receive reconnects
+            return None
+        if self._mode == "queue":
+            self._last_tag = tag
+        return body
 
     def _ack_handed(self) -> None:
         """Ack what was handed over (ack-on-next): written, not waited for."""

@@ -1000,6 +1000,10 @@ class AsyncZeroMQSubscriber(AsyncClosingContext):
         """Return the next message (see `ZeroMQSubscriber.receive`)."""
         return as_envelope(await self.receive_detached(timeout), topic=self._read.topic)
 
+    def receive_ready(self) -> bytes | DetachedMessage | None:
+        """Return a message that is already queued, as it came, or None (never waits)."""
+        return None if self._closed else self._read()
+
     async def receive_detached(self, timeout: float | None = None) -> bytes | DetachedMessage:
         """Return the next message as it came (see `ZeroMQSubscriber.receive_detached`)."""
         if not self._closed and (timeout is None or timeout >= 0):

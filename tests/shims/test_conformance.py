@@ -111,6 +111,52 @@ def test_one_subscriber_several_topics(case: ShimCase, driver: Driver) -> None:
     assert [m for m in received if m.startswith(b"a")] == [b"a%d" % i for i in range(10)]
 
 
+@pytest.fixture
+def async_driver(case: ShimCase, factory: ShimFactory) -> Iterator[AsyncDriver]:
+    if not case.has_async:
+        pytest.skip(f"{case.name} has no async twin yet")
+    made = AsyncDriver(factory)
+    try:
+        yield made
+    finally:
+        made.shutdown()
+
+
+def test_receive_ready_interleaves_with_receive(case: ShimCase, async_driver: AsyncDriver) -> None:
+    """An async subscriber's receive_ready() hands over what receive() would, never waiting."""
+    driver = async_driver
+    topic = topic_name()
+    pub = driver.publisher()
+    sub = driver.subscriber([topic])
+    if not hasattr(sub, "receive_ready"):
+        pytest.skip(f"{case.name}'s async subscriber has no receive_ready")
+    assert sub.receive_ready() is None  # nothing sent yet
+    sent = [payload(i, 100 if i % 3 else 10 * 1024) for i in range(300)]
+    for message in sent:
+        driver.send(pub, topic, message)
+    driver.flush(pub)
+    received: list[bytes] = []
+    ready = 0
+    while len(received) < len(sent):  # bounded: each turn takes one message or times out
+        message = sub.receive_ready()
+        if message is None:
+            message = driver.receive(sub, RECEIVE_TIMEOUT)
+        else:
+            ready += 1
+        received.append(message)
+    assert received == sent
+    assert ready > 0, "a busy subscriber had nothing ready once"
+    assert sub.receive_ready() is None  # all taken
+    driver.send(pub, topic, b"after close")
+    driver.flush(pub)
+    driver.close(sub)
+    started = time.monotonic()
+    assert sub.receive_ready() is None
+    assert time.monotonic() - started < 0.5
+    with pytest.raises(SubscriberClosedError):
+        driver.receive(sub, 1.0)
+
+
 def test_fanout_or_work_queue_semantics(case: ShimCase, driver: Driver) -> None:
     topic = topic_name()
     pub = driver.publisher()

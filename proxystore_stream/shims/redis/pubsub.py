@@ -610,6 +610,12 @@ class AsyncRedisSubscriber(AsyncOpeningContext):
             except SubscriberClosedError:
                 return
 
+    def receive_ready(self) -> bytes | None:
+        """Return a message that is already buffered, or None (never waits)."""
+        if self._closed or not self._buffer or self._reading.locked():
+            return None
+        return self._buffer.popleft()
+
     async def receive(self, timeout: float | None = None) -> bytes:
         """Return the next message (see `RedisSubscriber.receive`)."""
         if self._closed:
