@@ -1289,3 +1289,39 @@ def test_async_pubsub_keeps_up_with_a_publisher_on_the_same_loop(
             return same
 
     assert asyncio.run(main()) == count
+
+
+def test_async_readers_keep_their_hiredis_buffer(raw: Any, topic: str) -> None:
+    """hiredis keeps up to twice a read's size instead of freeing its buffer when empty."""
+    from proxystore_stream.shims.redis._rounds import READ_SIZE
+    from proxystore_stream.shims.redis.pubsub import _READ_AHEAD
+
+    async def main() -> tuple[int, int, bytes, bytes]:
+        async with (
+            AsyncRedisSubscriber(HOST, PORT, topic) as sub,
+            AsyncRedisPublisher(HOST, PORT) as pub,
+            AsyncRedisQueuePublisher(HOST, PORT) as queue_pub,
+        ):
+            queue_sub = AsyncRedisQueueSubscriber(HOST, PORT, topic + "-q")
+            try:
+                await pub.send(topic, b"p" * MiB)
+                await queue_pub.send(topic + "-q", b"q" * MiB)
+                await queue_pub.flush()
+                published = await sub.receive(10)
+                queued = await queue_sub.receive(10)
+                assert sub._replies is not None
+                assert queue_sub._rounds._protocol is not None
+                return (
+                    sub._replies.reader.getmaxbuf(),
+                    queue_sub._rounds._protocol.reader.getmaxbuf(),
+                    published,
+                    queued,
+                )
+            finally:
+                await queue_sub.close()
+
+    pubsub_maxbuf, queue_maxbuf, published, queued = asyncio.run(main())
+    raw.delete(topic + "-q")
+    assert (pubsub_maxbuf, queue_maxbuf) == (2 * _READ_AHEAD, 2 * READ_SIZE)
+    assert published == b"p" * MiB
+    assert queued == b"q" * MiB
