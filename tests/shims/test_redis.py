@@ -42,6 +42,7 @@ from proxystore_stream.shims.redis import RedisQueueSubscriber  # noqa: E402
 from proxystore_stream.shims.redis import RedisStreamPublisher  # noqa: E402
 from proxystore_stream.shims.redis import RedisStreamSubscriber  # noqa: E402
 from proxystore_stream.shims.redis import RedisSubscriber  # noqa: E402
+from proxystore_stream.shims.redis._common import READER_BUFFER  # noqa: E402
 from proxystore_stream.shims.redis._common import roundtrip  # noqa: E402
 from proxystore_stream.shims.redis._common import url_arguments  # noqa: E402
 
@@ -1292,9 +1293,7 @@ def test_async_pubsub_keeps_up_with_a_publisher_on_the_same_loop(
 
 
 def test_async_readers_keep_their_hiredis_buffer(raw: Any, topic: str) -> None:
-    """hiredis keeps up to twice a read's size instead of freeing its buffer when empty."""
-    from proxystore_stream.shims.redis._rounds import READ_SIZE
-    from proxystore_stream.shims.redis.pubsub import _READ_AHEAD
+    """hiredis keeps READER_BUFFER instead of freeing its buffer whenever it empties."""
 
     async def main() -> tuple[int, int, bytes, bytes]:
         async with (
@@ -1322,6 +1321,29 @@ def test_async_readers_keep_their_hiredis_buffer(raw: Any, topic: str) -> None:
 
     pubsub_maxbuf, queue_maxbuf, published, queued = asyncio.run(main())
     raw.delete(topic + "-q")
-    assert (pubsub_maxbuf, queue_maxbuf) == (2 * _READ_AHEAD, 2 * READ_SIZE)
+    assert (pubsub_maxbuf, queue_maxbuf) == (READER_BUFFER, READER_BUFFER)
     assert published == b"p" * MiB
     assert queued == b"q" * MiB
+
+
+@pytest.mark.parametrize("mode", ["pubsub", "queue", "stream"])
+def test_sync_subscribers_keep_their_hiredis_buffer(raw: Any, topic: str, mode: str) -> None:
+    """The sync subscribers' redis-py connections parse with a reader keeping READER_BUFFER."""
+    pytest.importorskip("hiredis")
+    publisher: Any
+    if mode == "pubsub":
+        subscriber: Any = RedisSubscriber(HOST, PORT, topic)
+        publisher = RedisPublisher(HOST, PORT)
+    elif mode == "queue":
+        subscriber = RedisQueueSubscriber(HOST, PORT, topic)
+        publisher = RedisQueuePublisher(HOST, PORT)
+    else:
+        subscriber = RedisStreamSubscriber(HOST, PORT, topic, group=name())
+        publisher = RedisStreamPublisher(HOST, PORT)
+    with subscriber, publisher:
+        publisher.send(topic, b"x" * MiB)
+        publisher.flush()
+        assert subscriber.receive(10) == b"x" * MiB
+        connection = subscriber._pubsub.connection if mode == "pubsub" else subscriber._connection
+        assert connection._parser._reader.getmaxbuf() == READER_BUFFER
+    raw.delete(topic)

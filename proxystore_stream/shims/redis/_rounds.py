@@ -40,6 +40,7 @@ try:
 except ImportError as e:  # pragma: no cover - both come with the [redis] extra
     require(__name__.rpartition(".")[0], e.name or "redis", "redis", e)
 
+from proxystore_stream.shims.redis._common import READER_BUFFER
 from proxystore_stream.shims.redis._common import pack_commands
 
 __all__ = ["INCOMPLETE", "READ_SIZE", "AsyncRounds", "Command", "Replies", "take_over"]
@@ -148,11 +149,7 @@ def take_over(connection: Any, read_size: int = READ_SIZE) -> Replies:
         replyError=connection._parser.parse_error,
         notEnoughData=INCOMPLETE,
     )
-    # hiredis frees its buffer whenever it empties with more than `maxbuf`
-    # (16 KiB) to spare, and grows a new one by reallocations for the next
-    # large reply. Keeping up to twice what one read brings saved about 50 us
-    # of CPU per 1 MiB pub/sub message (docs/benchmarks.md, session 9).
-    reader.setmaxbuf(2 * read_size)
+    reader.setmaxbuf(READER_BUFFER)
     pending: Any = getattr(connection._reader, "_buffer", None)
     if pending:  # nothing is expected after the handshake, but keep it
         reader.feed(bytes(pending))

@@ -82,6 +82,7 @@ from proxystore_stream.shims.redis._common import own_connection
 from proxystore_stream.shims.redis._common import pack_commands
 from proxystore_stream.shims.redis._common import stop_if_fatal
 from proxystore_stream.shims.redis._common import stop_if_fatal_async
+from proxystore_stream.shims.redis._common import subscriber_client
 from proxystore_stream.shims.redis._common import topic_list
 from proxystore_stream.shims.redis._common import url_arguments
 from proxystore_stream.shims.redis._publish import AsyncCommandPublisher
@@ -266,7 +267,7 @@ class RedisSubscriber(ClosingContext):
         self._released = False
         self._lost = False
         self._lock = threading.RLock()
-        self._client = redis.Redis(**options)
+        self._client = subscriber_client(options)
         self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
         try:
             with map_errors(ERRORS, broker=self._broker):

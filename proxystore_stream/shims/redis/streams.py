@@ -104,6 +104,7 @@ from proxystore_stream.shims.redis._common import default_consumer
 from proxystore_stream.shims.redis._common import own_connection
 from proxystore_stream.shims.redis._common import roundtrip
 from proxystore_stream.shims.redis._common import stop_if_fatal
+from proxystore_stream.shims.redis._common import subscriber_client
 from proxystore_stream.shims.redis._common import topic_list
 from proxystore_stream.shims.redis._common import url_arguments
 from proxystore_stream.shims.redis._publish import AsyncCommandPublisher
@@ -579,7 +580,7 @@ class RedisStreamSubscriber(ClosingContext):
         self._closed = False
         self._released = False
         self._lock = threading.RLock()
-        self._client = redis.Redis(**options)
+        self._client = subscriber_client(options)
         self._connection = own_connection(self._client)
         try:
             self._call(self._create_groups)
