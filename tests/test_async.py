@@ -157,8 +157,8 @@ def test_blocking_adapters_over_async_shims() -> None:
 class _CountingSubscriber:
     """An async subscriber over a list of messages that counts how it was asked."""
 
-    def __init__(self, ready: bool) -> None:
-        self.messages: list[bytes] = []
+    def __init__(self, messages: list[bytes], *, ready: bool = True) -> None:
+        self.messages = messages
         self.arrived = asyncio.Event()
         self.ready_calls = self.awaited = 0
         self.closed = False
@@ -200,8 +200,7 @@ def _envelopes(count: int) -> list[bytes]:
 
 def test_async_consumer_takes_ready_messages_without_awaiting_receive() -> None:
     async def main() -> None:
-        subscriber = _CountingSubscriber(ready=True)
-        subscriber.messages = _envelopes(50)
+        subscriber = _CountingSubscriber(_envelopes(50))
         consumer: AsyncStreamConsumer[int] = AsyncStreamConsumer(subscriber)
         assert [obj async for obj in consumer] == list(range(50))
         assert subscriber.awaited == 0  # every message, the end included, was ready
@@ -212,8 +211,7 @@ def test_async_consumer_takes_ready_messages_without_awaiting_receive() -> None:
 
 def test_async_consumer_awaits_receive_when_nothing_is_ready() -> None:
     async def main() -> None:
-        subscriber = _CountingSubscriber(ready=True)
-        envelopes = _envelopes(3)
+        subscriber = _CountingSubscriber([])
         consumer: AsyncStreamConsumer[int] = AsyncStreamConsumer(subscriber)
         got: list[int] = []
 
@@ -221,7 +219,7 @@ def test_async_consumer_awaits_receive_when_nothing_is_ready() -> None:
             got.extend([obj async for obj in consumer])
 
         task = asyncio.create_task(consume())
-        for envelope in envelopes:  # one at a time, each after the consumer waits
+        for sent, envelope in enumerate(_envelopes(3), 1):  # each after the consumer waits
             for _ in range(100):  # bounded: the consumer reaches its wait in a few turns
                 if subscriber.awaited > len(got) or task.done():
                     break
@@ -229,7 +227,7 @@ def test_async_consumer_awaits_receive_when_nothing_is_ready() -> None:
             subscriber.messages.append(envelope)
             subscriber.arrived.set()
             for _ in range(100):
-                if len(got) == envelopes.index(envelope) + 1 or task.done():
+                if len(got) == sent or task.done():
                     break
                 await asyncio.sleep(0)
         await asyncio.wait_for(task, 10)
@@ -241,14 +239,12 @@ def test_async_consumer_awaits_receive_when_nothing_is_ready() -> None:
 
 def test_async_consumer_without_receive_ready_and_after_close() -> None:
     async def main() -> None:
-        plain = _CountingSubscriber(ready=False)
-        plain.messages = _envelopes(5)
+        plain = _CountingSubscriber(_envelopes(5), ready=False)
         consumer: AsyncStreamConsumer[int] = AsyncStreamConsumer(plain)
         assert [obj async for obj in consumer] == list(range(5))
         assert plain.awaited == 6
 
-        closing = _CountingSubscriber(ready=True)
-        closing.messages = _envelopes(5)[:2]  # two objects, no end of stream
+        closing = _CountingSubscriber(_envelopes(5)[:2])  # two objects, no end of stream
         consumer = AsyncStreamConsumer(closing)
         assert await consumer.next() == 0
         await consumer.close()

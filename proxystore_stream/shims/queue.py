@@ -491,13 +491,11 @@ class AsyncQueueSubscriber:
         sync = self._sync
         if sync._closed:
             raise SubscriberClosedError("AsyncQueueSubscriber is closed")
-        if not self._offloaded.busy:
-            take = sync._taker or sync._make_taker()
-            message = take(0.0)
-            if message is not _NOTHING:
-                return message  # type: ignore[no-any-return]
-            if sync._pipe_fd is not None:
-                return await self._wait_on_pipe(sync._pipe_fd, take, timeout)
+        message = self.receive_ready()
+        if message is not None:
+            return message
+        if not self._offloaded.busy and sync._pipe_fd is not None and sync._taker:
+            return await self._wait_on_pipe(sync._pipe_fd, sync._taker, timeout)
         return await self._offloaded(timeout)
 
     async def _wait_on_pipe(
