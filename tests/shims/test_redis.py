@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import shutil
 import signal
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from proxystore_stream._buffers import PAGE_OFFSET
 from proxystore_stream.exceptions import BrokerConnectionError
 from proxystore_stream.exceptions import BufferFullError
 from proxystore_stream.exceptions import StreamTimeoutError
@@ -1292,10 +1294,18 @@ def test_async_pubsub_keeps_up_with_a_publisher_on_the_same_loop(
     assert asyncio.run(main()) == count
 
 
-def test_async_readers_keep_their_hiredis_buffer(raw: Any, topic: str) -> None:
-    """hiredis keeps READER_BUFFER instead of freeing its buffer whenever it empties."""
+def _page_offset(buffer: memoryview) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer)) % 4096
 
-    async def main() -> tuple[int, int, bytes, bytes]:
+
+def test_async_readers_keep_their_hiredis_buffer(raw: Any, topic: str) -> None:
+    """hiredis keeps READER_BUFFER instead of freeing its buffer whenever it empties.
+
+    And the connections receive into buffers half-way into a memory page
+    (`receive_buffer`), not where ``mmap`` puts a large bytearray.
+    """
+
+    async def main() -> tuple[int, int, bytes, bytes, list[int]]:
         async with (
             AsyncRedisSubscriber(HOST, PORT, topic) as sub,
             AsyncRedisPublisher(HOST, PORT) as pub,
@@ -1310,18 +1320,21 @@ def test_async_readers_keep_their_hiredis_buffer(raw: Any, topic: str) -> None:
                 queued = await queue_sub.receive(10)
                 assert sub._replies is not None
                 assert queue_sub._rounds._protocol is not None
+                buffers = [sub._replies.get_buffer(-1), queue_sub._rounds._protocol.get_buffer(-1)]
                 return (
                     sub._replies.reader.getmaxbuf(),
                     queue_sub._rounds._protocol.reader.getmaxbuf(),
                     published,
                     queued,
+                    [_page_offset(buffer) for buffer in buffers],
                 )
             finally:
                 await queue_sub.close()
 
-    pubsub_maxbuf, queue_maxbuf, published, queued = asyncio.run(main())
+    pubsub_maxbuf, queue_maxbuf, published, queued, offsets = asyncio.run(main())
     raw.delete(topic + "-q")
     assert (pubsub_maxbuf, queue_maxbuf) == (READER_BUFFER, READER_BUFFER)
+    assert offsets == [PAGE_OFFSET, PAGE_OFFSET]
     assert published == b"p" * MiB
     assert queued == b"q" * MiB
 

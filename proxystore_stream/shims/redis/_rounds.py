@@ -31,6 +31,7 @@ from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 
+from proxystore_stream._buffers import receive_buffer
 from proxystore_stream.exceptions import StreamTimeoutError
 from proxystore_stream.exceptions import require
 
@@ -69,7 +70,8 @@ class Replies(asyncio.BufferedProtocol):
         self.waiter: asyncio.Future[None] | None = None
         self.error: BaseException | None = None
         """Why the connection ended (None: it has not)."""
-        self._buffer = memoryview(bytearray(read_size))
+        # Not where mmap puts a large bytearray: see proxystore_stream._buffers.
+        self._buffer = receive_buffer(read_size)
         self._previous = previous
 
     def ready(self) -> Any:
