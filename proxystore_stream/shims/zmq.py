@@ -82,6 +82,7 @@ from proxystore_stream._core.detached import as_envelope
 from proxystore_stream._core.envelope import frames_size
 from proxystore_stream._fair import FairShare
 from proxystore_stream._offload import SLICE_SECONDS
+from proxystore_stream._readable import wait_readable
 from proxystore_stream.exceptions import BrokerConnectionError
 from proxystore_stream.exceptions import MalformedMessageError
 from proxystore_stream.exceptions import PublisherClosedError
@@ -174,6 +175,8 @@ _SNDMORE = int(zmq.SNDMORE)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
 _RCVTIMEO = int(zmq.RCVTIMEO)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 # pyzmq keeps the copy threshold in a C int.
 _MAX_COPY_THRESHOLD = 2**31 - 1
 
@@ -291,6 +294,13 @@ class _Reader:
         self._wait_ms = -1  # the socket's RCVTIMEO (-1: ZeroMQ's default, forever)
         self.topic: str | None = None
         """The topic of the last detached message (for error messages)."""
+
+    def pending(self) -> bool:
+        """Whether ZeroMQ says a message is queued (``EVENTS`` has ``POLLIN``); never waits."""
+        try:
+            return bool(self._get(_EVENTS) & _POLLIN)
+        except zmq.ZMQError as exc:
+            raise BrokerConnectionError(f"receive failed: {exc}", broker=self._broker) from exc
 
     def __call__(self, wait_ms: int = 0) -> bytes | DetachedMessage | None:
         """Read the next message; with `wait_ms`, wait that long for one to come.
@@ -984,6 +994,7 @@ class AsyncZeroMQSubscriber(AsyncClosingContext):
         # taken without a pyzmq Future; only waiting goes through zmq.asyncio.
         self._direct: zmq.Socket[Any] = zmq.Socket.shadow(self._socket.underlying)
         self._read = _Reader(self._direct, self.endpoint)
+        self._fd = int(self._direct.get(zmq.FD))
         self._timeout = timeout
         self._closed = False
         self._receiving = 0
@@ -1022,14 +1033,28 @@ class AsyncZeroMQSubscriber(AsyncClosingContext):
                 wait = _slice_ms(deadline)
                 if wait <= 0:
                     raise StreamTimeoutError(f"No message within {timeout} s")
-                await self._socket.poll(wait)
+                await self._wait(wait)
         finally:
             self._receiving -= 1
-            # Closing the socket under a pending poll would cancel the poll's
-            # future (and so this task): the last receive closes it instead.
+            # Closing the socket under a pending wait would leave the event
+            # loop watching a closed descriptor: the last receive closes it.
             if self._closed and not self._receiving:
                 self._socket.close()
         raise SubscriberClosedError("AsyncZeroMQSubscriber is closed")
+
+    async def _wait(self, wait_ms: int) -> None:
+        """Wait up to `wait_ms` for the socket to have a message (or not; the caller reads).
+
+        The socket's descriptor only signals changes, so ZeroMQ's ``EVENTS``
+        is asked first. Waiting on the descriptor directly costs 35–75 µs
+        less CPU per wait than a pyzmq poll future (docs/shims/zmq.md).
+        """
+        if self._read.pending():
+            return
+        try:
+            await wait_readable(self._fd, wait_ms / 1000)
+        except NotImplementedError:  # an event loop without add_reader
+            await self._socket.poll(wait_ms)
 
     async def close(self) -> None:
         """Close this subscriber (idempotent); a pending receive ends within 0.1 s."""

@@ -18,6 +18,7 @@ import pytest
 import zmq
 
 import proxystore_stream.shims.zmq as zmq_shim
+from proxystore_stream._readable import watchers
 from proxystore_stream.cli.targets.zmq import open_async_endpoints
 from proxystore_stream.cli.targets.zmq import open_bare
 from proxystore_stream.cli.targets.zmq import open_endpoints
@@ -526,6 +527,36 @@ def test_async_close_ends_pending_receive() -> None:
             assert [m async for m in sub] == []
 
     asyncio.run(main())
+
+
+def test_async_receive_waits_on_the_socket_descriptor_and_lets_go_of_it() -> None:
+    """A waiting receive watches the socket's descriptor itself, once, and not after it returns."""
+
+    async def main() -> tuple[list[int], bytes, int, int]:
+        async with (
+            AsyncZeroMQPublisher(LOCAL, 0) as pub,
+            AsyncZeroMQSubscriber(pub.endpoint, topic="t") as sub,
+        ):
+            await pub.wait_for_subscribers("t")
+            fd = sub._fd
+            waiting = asyncio.create_task(sub.receive(10))
+            watching = []
+            for _ in range(200):  # until the receive waits (bounded: 200 turns of the loop)
+                await asyncio.sleep(0)
+                watching.append(watchers(fd))
+                if watching[-1]:
+                    break
+            await pub.send("t", b"woken")
+            message = await asyncio.wait_for(waiting, 5)
+            after_message = watchers(fd)
+            with pytest.raises(StreamTimeoutError):
+                await sub.receive(0.05)
+            return watching, message, after_message, watchers(fd)
+
+    watching, message, after_message, after_timeout = asyncio.run(main())
+    assert watching[-1] == 1
+    assert message == b"woken"
+    assert (after_message, after_timeout) == (0, 0)
 
 
 def test_bench_target_ours_and_bare_100_messages() -> None:
