@@ -1046,7 +1046,7 @@ class AsyncZeroMQSubscriber(AsyncClosingContext):
         """Wait up to `wait_ms` for the socket to have a message (or not; the caller reads).
 
         The socket's descriptor only signals changes, so ZeroMQ's ``EVENTS``
-        is asked first. Waiting on the descriptor directly costs 35–75 µs
+        is asked first. Waiting on the descriptor directly costs 35-75 µs
         less CPU per wait than a pyzmq poll future (docs/shims/zmq.md).
         """
         if self._read.pending():
