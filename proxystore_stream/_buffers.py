@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import ctypes
 
-__all__ = ["PAGE_OFFSET", "receive_buffer"]
+__all__ = ["PAGE_OFFSET", "page_offset", "receive_buffer"]
 
 _PAGE = 4096
 
 PAGE_OFFSET = 2048
 """Where in a 4 KiB page a `receive_buffer` starts."""
+
+
+def page_offset(buffer: bytearray | memoryview) -> int:
+    """Where in its 4 KiB page the first byte of the writable `buffer` lies."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer)) % _PAGE
 
 
 def receive_buffer(size: int) -> memoryview:
@@ -33,6 +38,5 @@ def receive_buffer(size: int) -> memoryview:
     if size <= 0:
         raise ValueError(f"size must be positive, not {size}")
     memory = bytearray(size + _PAGE)
-    address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
-    start = (PAGE_OFFSET - address) % _PAGE
+    start = (PAGE_OFFSET - page_offset(memory)) % _PAGE
     return memoryview(memory)[start : start + size]

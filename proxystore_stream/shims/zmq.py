@@ -964,8 +964,9 @@ class AsyncZeroMQPublisher(AsyncClosingContext):
 class AsyncZeroMQSubscriber(AsyncClosingContext):
     """Async twin of `ZeroMQSubscriber` (zmq.asyncio); same arguments.
 
-    A cancelled `receive()` loses no message: it only ever waits in a poll;
-    a message is read with a non-blocking call and returned in the same step.
+    A cancelled `receive()` loses no message: it only ever waits (on the
+    socket's descriptor); a message is read with a non-blocking call and
+    returned in the same step.
     """
 
     connection_errors: tuple[type[Exception], ...] = (zmq.ZMQError,)
@@ -991,7 +992,7 @@ class AsyncZeroMQSubscriber(AsyncClosingContext):
             self._socket.setsockopt(zmq.SUBSCRIBE, prefix)
         self.endpoint = _open(self._socket, endpoint, bind=bind, options=settings)
         # Reads through the plain API: a message that is already queued is
-        # taken without a pyzmq Future; only waiting goes through zmq.asyncio.
+        # taken without a pyzmq Future; waiting watches the socket's descriptor.
         self._direct: zmq.Socket[Any] = zmq.Socket.shadow(self._socket.underlying)
         self._read = _Reader(self._direct, self.endpoint)
         self._fd = int(self._direct.get(zmq.FD))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import shutil
 import signal
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 
 from proxystore_stream._buffers import PAGE_OFFSET
+from proxystore_stream._buffers import page_offset
 from proxystore_stream.exceptions import BrokerConnectionError
 from proxystore_stream.exceptions import BufferFullError
 from proxystore_stream.exceptions import StreamTimeoutError
@@ -1294,10 +1294,6 @@ def test_async_pubsub_keeps_up_with_a_publisher_on_the_same_loop(
     assert asyncio.run(main()) == count
 
 
-def _page_offset(buffer: memoryview) -> int:
-    return ctypes.addressof(ctypes.c_char.from_buffer(buffer)) % 4096
-
-
 def test_async_readers_keep_their_hiredis_buffer(raw: Any, topic: str) -> None:
     """hiredis keeps READER_BUFFER instead of freeing its buffer whenever it empties.
 
@@ -1326,7 +1322,7 @@ def test_async_readers_keep_their_hiredis_buffer(raw: Any, topic: str) -> None:
                     queue_sub._rounds._protocol.reader.getmaxbuf(),
                     published,
                     queued,
-                    [_page_offset(buffer) for buffer in buffers],
+                    [page_offset(buffer) for buffer in buffers],
                 )
             finally:
                 await queue_sub.close()
